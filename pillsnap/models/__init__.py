@@ -1,0 +1,1 @@
+"""Model builders, checkpoint loaders and ONNX exporters (one module per model)."""

@@ -1,0 +1,135 @@
+"""The one preprocessing shared by every engine (Torch, ONNX Runtime, TensorRT).
+
+* ``preprocess`` — the classifier's validation transform (resize shorter side,
+  center crop, RGB, scale to [0,1], normalise), ``[N,3,H,W]`` float32.
+* ``letterbox`` — the detector's input, Ultralytics' own ``LetterBox`` so that
+  the Torch path reproduces Ultralytics' predictions exactly.
+
+No other module resizes or normalises images.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from pillsnap.exceptions import DataError
+
+if TYPE_CHECKING:
+    from pillsnap.config import ClassificationConfig
+
+ImageLike = Union[str, Path, bytes, np.ndarray, Image.Image]
+_PIL_INTERP = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Everything that defines the classifier input; written into ONNX metadata."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    channel_order: str = "RGB"
+
+    @classmethod
+    def from_config(cls, cfg: ClassificationConfig) -> PreprocessSpec:
+        p = cfg.preprocessing
+        return cls(cfg.resize_size, cfg.crop_size, tuple(p.mean), tuple(p.std), p.interpolation, p.channel_order)
+
+    def to_metadata(self) -> dict[str, str]:
+        return {
+            "preprocess.resize": str(self.resize),
+            "preprocess.crop": str(self.crop),
+            "preprocess.mean": ",".join(f"{v:.6g}" for v in self.mean),
+            "preprocess.std": ",".join(f"{v:.6g}" for v in self.std),
+            "preprocess.interpolation": self.interpolation,
+            "preprocess.channel_order": self.channel_order,
+        }
+
+
+def load_image(item: ImageLike) -> Image.Image:
+    """Decode a path, bytes, HWC uint8 RGB array or PIL image into an RGB PIL image.
+
+    EXIF orientation is applied, as phone photos need it. Raises ``DataError``
+    naming the file when it cannot be decoded.
+    """
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    if isinstance(item, np.ndarray):
+        if item.ndim != 3 or item.shape[2] != 3:
+            raise DataError(f"expected an HxWx3 RGB uint8 array, got shape {item.shape}")
+        return Image.fromarray(item.astype(np.uint8), "RGB")
+    try:
+        if isinstance(item, (bytes, bytearray)):
+            img = Image.open(io.BytesIO(item))
+        else:
+            img = Image.open(item)
+        img.load()
+        return ImageOps.exif_transpose(img).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        name = "<bytes>" if isinstance(item, (bytes, bytearray)) else str(item)
+        raise DataError(f"cannot read image {name}: {exc}") from exc
+
+
+def preprocess_one(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """One RGB PIL image -> ``[3,H,W]`` float32, exactly the validation transform."""
+    w, h = image.size
+    scale = spec.resize / min(w, h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), _PIL_INTERP[spec.interpolation])
+    left = int(round((new_w - spec.crop) / 2.0))
+    top = int(round((new_h - spec.crop) / 2.0))
+    image = image.crop((left, top, left + spec.crop, top + spec.crop))
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def preprocess(items: Iterable[ImageLike], spec: PreprocessSpec) -> np.ndarray:
+    """Images (paths, bytes, arrays, PIL) -> ``[N,3,crop,crop]`` float32 classifier batch."""
+    arrays = [preprocess_one(load_image(it), spec) for it in items]
+    if not arrays:
+        return np.zeros((0, 3, spec.crop, spec.crop), np.float32)
+    return np.stack(arrays)
+
+
+@dataclass(frozen=True)
+class LetterboxInfo:
+    """How an original image maps into the letterboxed detector input."""
+
+    orig_shape: tuple[int, int]  # (h, w)
+    gain: float
+    pad: tuple[float, float]  # (left, top)
+
+
+def letterbox(image: np.ndarray | Image.Image, imgsz: int) -> tuple[np.ndarray, LetterboxInfo]:
+    """RGB image -> (``[3,imgsz,imgsz]`` float32 in [0,1], mapping back to the original).
+
+    Uses Ultralytics' ``LetterBox`` (square, centred, grey 114 padding), the same
+    transform its predictor applies to exported models.
+    """
+    from ultralytics.data.augment import LetterBox
+
+    rgb = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else image
+    h, w = rgb.shape[:2]
+    boxed = LetterBox(new_shape=(imgsz, imgsz), auto=False, stride=32)(image=rgb)
+    gain = min(imgsz / h, imgsz / w)
+    pad = ((imgsz - round(w * gain)) / 2, (imgsz - round(h * gain)) / 2)
+    chw = np.ascontiguousarray(boxed.transpose(2, 0, 1), dtype=np.float32) / 255.0
+    return chw, LetterboxInfo((h, w), gain, pad)
+
+
+def letterbox_batch(images: Iterable[np.ndarray | Image.Image], imgsz: int) -> tuple[np.ndarray, list[LetterboxInfo]]:
+    """Several RGB images -> ``[N,3,imgsz,imgsz]`` float32 and their letterbox infos."""
+    out = [letterbox(img, imgsz) for img in images]
+    if not out:
+        return np.zeros((0, 3, imgsz, imgsz), np.float32), []
+    return np.stack([o[0] for o in out]), [o[1] for o in out]
