@@ -1,0 +1,41 @@
+# The README's two promises: `make demo` and `make test`. Both create or reuse .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.pillsnap-installed
+DEMO_CONFIG := examples/synthetic/config.yaml
+DEMO_DATA := data/synthetic
+export YOLO_OFFLINE := 1
+export YOLO_AUTOINSTALL := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test lab install data lint clean-runs
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[cpu,dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name pillsnap --display-name "Python (pillsnap)" >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data: $(STAMP)
+	test -f $(DEMO_DATA)/detection/data.yaml || $(BIN)/pillsnap synth --out $(DEMO_DATA) --splits val
+
+demo: data
+	$(BIN)/pillsnap release --config $(DEMO_CONFIG)
+
+test: data
+	$(BIN)/python -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
+
+lab: $(STAMP)
+	$(BIN)/pip install -q -e ".[cpu,dev,lab]"
+	$(BIN)/jupyter lab --notebook-dir=. --no-browser
+
+lint: $(STAMP)
+	$(BIN)/ruff check pillsnap tests benchmarks
+
+clean-runs:
+	rm -rf runs/*/ runs/latest runs/latest_*.onnx
