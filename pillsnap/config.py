@@ -120,6 +120,16 @@ class GatesConfig(_Section):
     map50_95_delta: float = 0.01
     iou_diff_p95: float = 0.01
     e2e_agreement_min: float = 0.99
+    # Added by the equivalence check (issue 4): the spec's gates alone let a few-per-cent
+    # change of the last layer pass (probabilities of a confident model barely move).
+    rel_logit_diff_p99: float = 1e-3
+    """p99 over samples of max|logit diff| / max|Torch logit| (fp32 exports measure ~1e-7)."""
+    fp16_rel_logit_diff_p99: float = 2e-2
+    score_diff_p95: float = 1e-3
+    """p95 |score difference| of matched deployed boxes (fp32 exports measure ~1e-6)."""
+    fp16_score_diff_p95: float = 1e-2
+    unmatched_rate: float = 0.02
+    """Deployed boxes without a counterpart (threshold-borderline ones excluded) / all boxes."""
 
 
 class CompareConfig(_Section):

@@ -73,7 +73,9 @@ def load_image(item: ImageLike) -> Image.Image:
             img = Image.open(item)
         img.load()
         return ImageOps.exif_transpose(img).convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError, ImportError) as exc:
+        # ImportError: once ultralytics is imported, its PIL.Image.open patch tries the
+        # absent pi_heif plugin on unidentifiable files instead of raising UnidentifiedImageError.
         name = "<bytes>" if isinstance(item, (bytes, bytearray)) else str(item)
         raise DataError(f"cannot read image {name}: {exc}") from exc
 
@@ -133,3 +135,25 @@ def letterbox_batch(images: Iterable[np.ndarray | Image.Image], imgsz: int) -> t
     if not out:
         return np.zeros((0, 3, imgsz, imgsz), np.float32), []
     return np.stack([o[0] for o in out]), [o[1] for o in out]
+
+
+def crop_box(image: Image.Image, box_xyxy: Iterable[float], padding: float = 0.0) -> Image.Image:
+    """Cut a detection box out of a photo for the classifier.
+
+    The box grows by ``padding`` x its width/height on each side (config key
+    ``classification.preprocessing.crop_padding``) and is clipped to the image, then
+    rounded outwards to whole pixels. Training crops and inference crops both come
+    from here, so the classifier sees the same framing in both.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    if not (x2 > x1 and y2 > y1):
+        raise DataError(f"box {[x1, y1, x2, y2]} is empty; expected x1 < x2 and y1 < y2 (xyxy pixels)")
+    if padding < 0:
+        raise DataError(f"crop padding must be >= 0, got {padding}")
+    pw, ph = (x2 - x1) * padding, (y2 - y1) * padding
+    w, h = image.size
+    left, top = max(0, int(np.floor(x1 - pw))), max(0, int(np.floor(y1 - ph)))
+    right, bottom = min(w, int(np.ceil(x2 + pw))), min(h, int(np.ceil(y2 + ph)))
+    if right <= left or bottom <= top:
+        raise DataError(f"box {[x1, y1, x2, y2]} lies outside the {w}x{h} image")
+    return image.crop((left, top, right, bottom))

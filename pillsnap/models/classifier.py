@@ -17,10 +17,13 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pillsnap.exceptions import CheckpointError, UserInputError
+from pillsnap.exceptions import CheckpointError, ConfigError, ExportError, UserInputError
 
 if TYPE_CHECKING:
     import torch
+
+    from pillsnap.config import Config
+    from pillsnap.models.common import ExportResult
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "pillsnap-cls-v1"
@@ -59,8 +62,9 @@ def extract_state_dict(obj: Any, path: str | Path = "<checkpoint>") -> dict[str,
         state = state.state_dict()
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    for prefix in ("module.", "_orig_mod."):  # DataParallel/DDP, torch.compile
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
     return state
 
 
@@ -83,3 +87,166 @@ def save_classification_checkpoint(path: str | Path, model: torch.nn.Module, met
     torch.save({"format": CHECKPOINT_FORMAT, "model": state, **meta}, buf)
     return atomic_write_bytes(path, buf.getvalue())
 
+
+
+def load_classification_model(cfg: Config, ckpt_path: str | Path | None = None) -> torch.nn.Module:
+    """The configured timm classifier with the checkpoint's weights: eval, float32, strict.
+
+    ``ckpt_path=None`` uses ``{exp_dir}/checkpoints/{classification.checkpoint}``.
+    A checkpoint that does not fit raises ``CheckpointError`` listing missing,
+    unexpected and wrong-shape keys and the likely cause, because a lenient load
+    would export a model with random layers that only the equivalence check notices.
+    """
+    from pillsnap.config import require_path
+
+    path = require_path(Path(ckpt_path), "--model / ckpt_path", "the classification checkpoint") if ckpt_path else \
+        cfg.checkpoint_path("classification")
+    obj = _torch_load(path)
+    state = extract_state_dict(obj, path)
+    c = cfg.classification
+    model = build_classification_model(c.backbone, c.num_classes, c.channels_last)
+    meta = obj if isinstance(obj, dict) else {}
+    problems = diagnose_state_dict(model.state_dict(), state, c.backbone, c.num_classes, meta)
+    if problems:
+        raise CheckpointError(f"{path}: cannot load into timm {c.backbone!r} with {c.num_classes} classes (strict):\n" + "\n".join(problems))
+    dtype = _dtype_of(state)
+    model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}, strict=True)
+    log.info("loaded %s (%s, %d classes, checkpoint dtype %s)", path, c.backbone, c.num_classes, dtype)
+    _warn_on_class_map_change(cfg, meta, path)
+    return model.eval().float()
+
+
+def _warn_on_class_map_change(cfg: Config, meta: dict[str, Any], path: Path) -> None:
+    """Training records the class map digest; a different map would give every pill a wrong edi_code."""
+    trained = meta.get("class_map_digest")
+    if isinstance(trained, str) and trained and cfg.paths.class_map_path.exists():
+        from pillsnap.classmap import ClassMap
+
+        current = ClassMap.load(cfg.paths.class_map_path).digest()
+        if current != trained:
+            log.warning("%s was trained with class map digest %s..., but %s has %s...: check paths.class_map",
+                        path, trained[:12], cfg.paths.class_map_path, current[:12])
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load`` on CPU; ``weights_only`` first, full unpickling only when the file needs it."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        log.warning("%s holds Python objects besides tensors; loading it with weights_only=False "
+                    "(only load checkpoints you trust)", path)
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}; expected a complete PyTorch file (torch.save)") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # arbitrary unpickling failures all mean "unusable checkpoint"
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _dtype_of(state: dict[str, Any]) -> str:
+    floats = [v.dtype for v in state.values() if hasattr(v, "is_floating_point") and v.is_floating_point()]
+    return str(floats[0]).replace("torch.", "") if floats else "unknown"
+
+
+def diagnose_state_dict(expected: dict[str, Any], found: dict[str, Any], backbone: str, num_classes: int,
+                        meta: dict[str, Any] | None = None, limit: int = 8) -> list[str]:
+    """Human-readable reasons why ``found`` does not load strictly into ``expected`` ([] = it fits)."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [k for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or wrong):
+        return []
+
+    def show(keys: list[str]) -> str:
+        return ", ".join(keys[:limit]) + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+    lines = []
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {show(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {show(unexpected)}")
+    if wrong:
+        shapes = [f"{k} checkpoint {list(found[k].shape)} vs model {list(expected[k].shape)}" for k in wrong]
+        lines.append(f"  wrong shape ({len(wrong)}): {show(shapes)}")
+    lines.append("likely cause: " + _likely_cause(expected, found, missing, unexpected, wrong, backbone, num_classes, meta or {}))
+    return lines
+
+
+def _likely_cause(expected: dict[str, Any], found: dict[str, Any], missing: list[str], unexpected: list[str],
+                  wrong: list[str], backbone: str, num_classes: int, meta: dict[str, Any]) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        if missing and all(prefix + k in found for k in missing):
+            return (f"some keys carry a `{prefix}` prefix (saved from DataParallel/DDP or torch.compile) "
+                    f"while others do not; re-save the checkpoint with the prefix stripped from every key")
+    head = [k for k in wrong if found[k].ndim >= 1 and expected[k].ndim >= 1 and k.split(".")[0] in _head_names(expected)]
+    if head and len(wrong) == len(head) and not missing and not unexpected:
+        found_nc = int(found[head[0]].shape[0])
+        return (f"wrong num_classes: the checkpoint's classifier head has {found_nc} classes, the config expects "
+                f"{num_classes}; set `classification.num_classes={found_nc}` (and use the matching class map)")
+    ckpt_backbone = meta.get("backbone") if isinstance(meta.get("backbone"), str) else None
+    overlap = 1 - len(missing) / max(len(expected), 1)
+    said = f"; the checkpoint says it is {ckpt_backbone!r}: set `classification.backbone={ckpt_backbone}`" \
+        if ckpt_backbone and ckpt_backbone != backbone else ""
+    return (f"wrong backbone: only {overlap:.0%} of {backbone!r}'s keys are in the checkpoint and "
+            f"{len(wrong)} layer(s) differ in shape; check `classification.backbone`{said}")
+
+
+def _head_names(expected: dict[str, Any]) -> set[str]:
+    # timm heads: classifier (EfficientNet), head / fc (others); the last Linear-shaped weight is the head.
+    last = [k for k in expected if k.endswith(".weight") and getattr(expected[k], "ndim", 0) == 2]
+    return {"classifier", "head", "fc"} | ({last[-1].split(".")[0]} if last else set())
+
+
+def export_classification_onnx(cfg: Config, ckpt_path: str | Path | None, out_dir: str | Path,
+                               tag: str | None = None) -> ExportResult:
+    """Export the classifier to ``{out_dir}/classification-{tag}.onnx`` (input ``input``, output ``logits``).
+
+    Uses the TorchScript-based exporter (``dynamo=False``). Checked with torch 2.14:
+    it honours opset 17 and ``dynamic_axes`` and gives a graph that passes the
+    checker and matches eager to ~1e-8. The dynamo exporter needs ``onnxscript``
+    (not a dependency of this project, absent here) and targets opset 18+, which
+    would silently break the opset-17 default the spec asks for.
+    """
+    import warnings
+
+    import torch
+
+    from pillsnap.models import common
+    from pillsnap.preprocess import PreprocessSpec
+
+    tag = tag or common.new_tag()
+    opset = cfg.export.opset
+    path_in = Path(ckpt_path) if ckpt_path else cfg.checkpoint_path("classification")
+    model = load_classification_model(cfg, path_in)
+    shape = list(cfg.classification_input_shape)
+    spec = PreprocessSpec.from_config(cfg.classification)
+    if shape[2:] != [spec.crop, spec.crop]:
+        raise ConfigError(f"export.classification_input_shape {shape} disagrees with the preprocessing crop "
+                          f"{spec.crop} (classification.preprocessing.crop / img_size); set them to the same size")
+    dynamic = {"input": {0: "batch"}, "logits": {0: "batch"}} if cfg.export.dynamic else None
+    final = Path(out_dir) / f"classification-{tag}.onnx"
+    with common.staged_file(final) as tmp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
+                torch.onnx.export(model, (torch.zeros(shape),), str(tmp), input_names=["input"], output_names=["logits"],
+                                  opset_version=opset, dynamic_axes=dynamic,
+                                  do_constant_folding=cfg.export.do_constant_folding, dynamo=False)
+        except Exception as exc:  # every exporter failure becomes one ExportError with advice
+            raise common.export_error(f"classifier {cfg.classification.backbone}", exc, opset) from exc
+        onnx_model = common.check_onnx(tmp)
+        dims = common.onnx_output_dims(onnx_model)
+        if dims[-1] != cfg.classification.num_classes:
+            raise ExportError(f"exported logits have shape {dims}, expected [N, {cfg.classification.num_classes}]")
+        metadata = common.base_metadata(cfg, "classification", tag, cfg.classification.num_classes, shape)
+        metadata.update(spec.to_metadata())
+        metadata[common.META_ARCH] = cfg.classification.backbone
+        common.write_onnx_metadata(tmp, metadata, onnx_model)
+    return common.export_result(
+        "classification", cfg.classification.backbone, cfg.classification.num_classes, path_in, final, opset,
+        shape, common.count_params(model), metadata, tag, onnx_model,
+    )

@@ -1,0 +1,272 @@
+"""Detection parity: raw head, mAP against the labels, and box-by-box agreement.
+
+Both engines see the same letterboxed batch; both raw outputs go through the one
+``pillsnap.postprocess.decode_and_nms``. Three views:
+
+* raw tensors before NMS: max / mean absolute difference (box channels in
+  letterboxed pixels and score channels reported apart);
+* mAP@0.5 and mAP@0.5:0.95 of each engine against the YOLO labels, with the
+  standard evaluation thresholds (``postprocess.eval_*``), using Ultralytics'
+  ``ap_per_class`` and its greedy matching, so the figure is Ultralytics' own;
+* the deployed output (``postprocess.nms``): Torch and ONNX boxes matched per
+  photo (Hungarian with scipy, else greedy by IoU); p95 of 1 - IoU of matched
+  pairs, p95 of the score difference, unmatched boxes on each side. An
+  unmatched box whose score lies within ``THRESHOLD_BAND`` of the confidence
+  threshold is "borderline" (it crossed the threshold by a hair) and counted apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pillsnap.equivalence.batches import iter_batches, prefetch
+from pillsnap.postprocess import decode_and_nms
+from pillsnap.preprocess import letterbox, load_image
+from pillsnap.sampling import read_yolo_labels
+
+if TYPE_CHECKING:
+    from pillsnap.config import Config
+    from pillsnap.runners import Runner
+    from pillsnap.sampling import SampleItem, SkippedFile
+
+log = logging.getLogger(__name__)
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+MATCH_IOU = 0.5
+THRESHOLD_BAND = 0.02
+EXAMPLE_PHOTOS = 4
+PROBE_SAMPLES = 2
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix ``[len(a), len(b)]`` of ``xyxy`` boxes."""
+    a, b = np.asarray(a, np.float64)[:, :4], np.asarray(b, np.float64)[:, :4]
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def match_boxes(a: np.ndarray, b: np.ndarray, min_iou: float = MATCH_IOU) -> list[tuple[int, int, float]]:
+    """One-to-one pairs ``(i, j, iou)`` of two engines' detections with IoU >= ``min_iou``.
+
+    Rows are ``x1, y1, x2, y2[, score[, class]]``. The cost of a pair is
+    ``(1 - IoU) + |score difference| + class difference``, so near-identical boxes
+    (IoU ties) pair with their own counterpart, not a neighbour with another score.
+    Hungarian assignment when scipy is installed, else greedy by cost.
+    """
+    if len(a) == 0 or len(b) == 0:
+        return []
+    iou = box_iou(a, b)
+    cost = 1.0 - iou
+    if a.shape[1] > 4 and b.shape[1] > 4:
+        cost = cost + np.abs(a[:, None, 4].astype(np.float64) - b[None, :, 4])
+    if a.shape[1] > 5 and b.shape[1] > 5:
+        cost = cost + (a[:, None, 5] != b[None, :, 5])
+    cost = np.where(iou >= min_iou, cost, np.inf)
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError:
+        pairs = []
+        used_a, used_b = set(), set()
+        for flat in np.argsort(cost, axis=None, kind="stable"):
+            i, j = divmod(int(flat), cost.shape[1])
+            if not np.isfinite(cost[i, j]):
+                break
+            if i not in used_a and j not in used_b:
+                used_a.add(i); used_b.add(j)
+                pairs.append((i, j, float(iou[i, j])))
+        return sorted(pairs)
+    rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e6))
+    return [(int(i), int(j), float(iou[i, j])) for i, j in zip(rows, cols) if np.isfinite(cost[i, j])]
+
+
+def match_predictions(pred_cls: np.ndarray, true_cls: np.ndarray, iou: np.ndarray) -> np.ndarray:
+    """Ultralytics' greedy matching (``BaseValidator.match_predictions``): ``[N_pred, 10]`` correct flags.
+
+    ``iou`` is ``[N_true, N_pred]`` with predictions sorted by descending confidence.
+    """
+    correct = np.zeros((len(pred_cls), len(IOU_THRESHOLDS)), bool)
+    if len(pred_cls) == 0 or len(true_cls) == 0:
+        return correct
+    iou = iou * (true_cls[:, None] == pred_cls[None, :])
+    matched = np.zeros((iou.shape[0], len(IOU_THRESHOLDS)), bool)
+    cols = range(len(IOU_THRESHOLDS))
+    for j in np.flatnonzero((iou >= IOU_THRESHOLDS.min()).any(0)):
+        available = np.where(matched, 0, iou[:, j, None])
+        k = available.argmax(0)
+        correct[j] = available[k, cols] >= IOU_THRESHOLDS
+        matched[k, cols] |= correct[j]
+    return correct
+
+
+@dataclass
+class MapAccumulator:
+    """Streams per-photo statistics; ``compute`` gives mAP@0.5 and mAP@0.5:0.95."""
+
+    tp: list[np.ndarray] = field(default_factory=list)
+    conf: list[np.ndarray] = field(default_factory=list)
+    pred_cls: list[np.ndarray] = field(default_factory=list)
+    target_cls: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, pred: np.ndarray, gt_cls: np.ndarray, gt_boxes: np.ndarray) -> None:
+        pred = pred[np.argsort(-pred[:, 4], kind="stable")]
+        iou = box_iou(gt_boxes, pred) if len(gt_boxes) and len(pred) else np.zeros((len(gt_boxes), len(pred)))
+        self.tp.append(match_predictions(pred[:, 5], gt_cls, iou))
+        self.conf.append(pred[:, 4])
+        self.pred_cls.append(pred[:, 5])
+        self.target_cls.append(gt_cls)
+
+    def compute(self) -> tuple[float, float]:
+        from ultralytics.utils.metrics import ap_per_class
+
+        target = np.concatenate(self.target_cls) if self.target_cls else np.zeros(0)
+        if not len(target):
+            return float("nan"), float("nan")
+        ap = ap_per_class(np.concatenate(self.tp), np.concatenate(self.conf), np.concatenate(self.pred_cls), target)[5]
+        return float(ap[:, 0].mean()), float(ap.mean())
+
+
+@dataclass
+class DetectionParity:
+    metrics: dict[str, float]
+    iou_diffs: np.ndarray
+    """1 - IoU of every matched Torch/ONNX box pair of the deployed output (for plots)."""
+    score_diffs: np.ndarray
+    examples: list[dict[str, Any]]
+    """A few photos: path, Torch boxes, ONNX boxes (deployed output, original pixels)."""
+    thresholds: dict[str, dict[str, float]]
+    probe_inputs: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+    def summary_line(self) -> str:
+        m = self.metrics
+        return (f"detection parity on {int(m['photos'])} photos: mAP50 torch {m['map50_torch']:.4f} onnx {m['map50_onnx']:.4f} "
+                f"(delta {m['delta_map50']:+.4f}); mAP50-95 delta {m['delta_map50_95']:+.4f}; matched boxes "
+                f"{int(m['matched_pairs'])}, 1-IoU p95 {m['iou_diff_p95']:.2e}, score diff p95 {m['score_diff_p95']:.2e}, "
+                f"unmatched torch/onnx {int(m['unmatched_torch'])}/{int(m['unmatched_onnx'])}; raw max |d| {m['raw_max_abs_diff']:.2e}")
+
+
+@dataclass
+class _Photo:
+    rgb: np.ndarray
+    tensor: np.ndarray
+    info: Any
+    gt_cls: np.ndarray
+    gt_boxes: np.ndarray
+
+
+def load_photo(item: SampleItem, imgsz: int) -> _Photo:
+    """Letterboxed tensor + letterbox info + labels in original pixels."""
+    rgb = np.asarray(load_image(item.path))
+    tensor, info = letterbox(rgb, imgsz)
+    labels = read_yolo_labels(item.path)
+    h, w = rgb.shape[:2]
+    cx, cy, bw, bh = labels[:, 1] * w, labels[:, 2] * h, labels[:, 3] * w, labels[:, 4] * h
+    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1) if len(labels) else np.zeros((0, 4))
+    return _Photo(rgb, tensor, info, labels[:, 0].astype(np.float32), boxes.astype(np.float32))
+
+
+def compare_detection(items: list[SampleItem], cfg: Config, torch_runner: Runner, onnx_runner: Runner, *,
+                      skipped: list[SkippedFile], progress: bool = True,
+                      on_batch: Callable[[list[SampleItem], list[np.ndarray], np.ndarray, dict[str, np.ndarray]], None]
+                      | None = None) -> DetectionParity:
+    """Run both engines on ``items`` and measure parity (see the module doc).
+
+    ``on_batch(items, rgb_images, x, {"torch": raw, "onnx": raw})`` is called for
+    every batch, so the end-to-end check reuses the detector outputs instead of
+    running both detectors a second time on the same photos.
+    """
+    from tqdm.auto import tqdm
+
+    pp = cfg.postprocess
+    nms = pp.nms
+    maps = {"torch": MapAccumulator(), "onnx": MapAccumulator()}
+    raw_max = {"all": 0.0, "box": 0.0, "score": 0.0}
+    raw_sum, raw_count = 0.0, 0
+    iou_diffs, score_diffs, examples, probe = [], [], [], []
+    counts = {"matched_pairs": 0, "unmatched_torch": 0, "unmatched_onnx": 0, "unmatched_borderline": 0,
+              "class_disagreements": 0, "boxes_torch": 0, "boxes_onnx": 0, "gt_boxes": 0, "photos": 0}
+    batches = prefetch(iter_batches(items, cfg.compare.batch_size, lambda it: load_photo(it, cfg.detection.imgsz), skipped))
+    with tqdm(total=len(items), desc="detection parity", unit="photo", disable=not progress) as bar:
+        for batch in batches:
+            x = np.stack([p.tensor for p in batch.data])
+            infos = [p.info for p in batch.data]
+            raw_t = np.asarray(torch_runner.infer(x), np.float32)
+            raw_o = np.asarray(onnx_runner.infer(x), np.float32)
+            if raw_t.shape != raw_o.shape:
+                raise ValueError(f"Torch raw head {raw_t.shape} and ONNX raw head {raw_o.shape} differ in shape")
+            d = np.abs(raw_t.astype(np.float64) - raw_o)
+            raw_max = {"all": max(raw_max["all"], float(d.max())), "box": max(raw_max["box"], float(d[:, :4].max())),
+                       "score": max(raw_max["score"], float(d[:, 4:].max()))}
+            raw_sum, raw_count = raw_sum + float(d.sum()), raw_count + d.size
+            evals = {name: decode_and_nms(raw, infos, nms, conf=pp.eval_conf_threshold, iou=pp.eval_iou_threshold,
+                                          max_det=pp.eval_max_detections) for name, raw in (("torch", raw_t), ("onnx", raw_o))}
+            deployed_t = decode_and_nms(raw_t, infos, nms)
+            deployed_o = decode_and_nms(raw_o, infos, nms)
+            for i, photo in enumerate(batch.data):
+                for name, acc in maps.items():
+                    acc.add(evals[name][i], photo.gt_cls, photo.gt_boxes)
+                _box_parity(deployed_t[i], deployed_o[i], nms.conf_threshold, counts, iou_diffs, score_diffs)
+                counts["gt_boxes"] += len(photo.gt_boxes)
+                if len(examples) < EXAMPLE_PHOTOS:
+                    examples.append({"path": str(batch.items[i].path), "torch": deployed_t[i].tolist(),
+                                     "onnx": deployed_o[i].tolist(), "labels": photo.gt_boxes.tolist()})
+            counts["photos"] += len(batch.items)
+            if on_batch is not None:
+                on_batch(batch.items, [p.rgb for p in batch.data], x, {"torch": raw_t, "onnx": raw_o})
+            if len(probe) < PROBE_SAMPLES:
+                probe.extend(x[: PROBE_SAMPLES - len(probe)])
+            bar.update(len(batch.items))
+    if counts["photos"] == 0:
+        from pillsnap.exceptions import DataError
+
+        raise DataError(f"no readable detection photo among the {len(items)} sampled "
+                        f"(first problems: {'; '.join(f'{s.path}: {s.reason}' for s in skipped[:3])})")
+    (m50_t, m_t), (m50_o, m_o) = maps["torch"].compute(), maps["onnx"].compute()
+    ious, scores = np.asarray(iou_diffs, np.float64), np.asarray(score_diffs, np.float64)
+    metrics = {
+        **{k: float(v) for k, v in counts.items()},
+        "map50_torch": m50_t, "map50_onnx": m50_o, "map50_95_torch": m_t, "map50_95_onnx": m_o,
+        "delta_map50": m50_o - m50_t, "delta_map50_95": m_o - m_t,
+        "iou_diff_p95": float(np.quantile(ious, 0.95)) if len(ious) else 0.0,
+        "iou_diff_max": float(ious.max()) if len(ious) else 0.0,
+        "score_diff_p95": float(np.quantile(scores, 0.95)) if len(scores) else 0.0,
+        "unmatched_rate": (counts["unmatched_torch"] + counts["unmatched_onnx"])
+        / max(counts["boxes_torch"] + counts["boxes_onnx"], 1),
+        "raw_max_abs_diff": raw_max["all"], "raw_box_max_abs_diff": raw_max["box"],
+        "raw_score_max_abs_diff": raw_max["score"], "raw_mean_abs_diff": raw_sum / max(raw_count, 1),
+    }
+    thresholds = {"map_eval": {"conf": pp.eval_conf_threshold, "iou": pp.eval_iou_threshold,
+                               "max_det": pp.eval_max_detections},
+                  "deployed": {"conf": nms.conf_threshold, "iou": nms.iou_threshold, "max_det": nms.max_detections},
+                  "box_match_iou": {"iou": MATCH_IOU}, "threshold_band": {"score": THRESHOLD_BAND}}
+    result = DetectionParity(metrics, ious, scores, examples, thresholds, np.stack(probe))
+    log.info(result.summary_line())
+    return result
+
+
+def _box_parity(det_t: np.ndarray, det_o: np.ndarray, conf_threshold: float, counts: dict[str, int],
+                iou_diffs: list[float], score_diffs: list[float]) -> None:
+    pairs = match_boxes(det_t, det_o)
+    counts["boxes_torch"] += len(det_t)
+    counts["boxes_onnx"] += len(det_o)
+    counts["matched_pairs"] += len(pairs)
+    for i, j, iou in pairs:
+        iou_diffs.append(1.0 - iou)
+        score_diffs.append(abs(float(det_t[i, 4]) - float(det_o[j, 4])))
+        counts["class_disagreements"] += int(det_t[i, 5] != det_o[j, 5])
+    for side, det, used in (("torch", det_t, {p[0] for p in pairs}), ("onnx", det_o, {p[1] for p in pairs})):
+        for k in range(len(det)):
+            if k in used:
+                continue
+            if det[k, 4] < conf_threshold + THRESHOLD_BAND:
+                counts["unmatched_borderline"] += 1
+            else:
+                counts[f"unmatched_{side}"] += 1

@@ -1,0 +1,94 @@
+"""Test helpers for the model / export / runner / pipeline tests.
+
+``experiment_config`` returns the embedded demo experiment (``examples/synthetic``)
+when its trained checkpoints are present, otherwise a tiny random-weight
+experiment built in a temporary folder (yolo11n at 160 px, tf_efficientnetv2_b0 at
+64 px, 5 classes), so these tests run before and after the fixture exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image, ImageDraw
+
+from pillsnap.classmap import ClassMap, PillClass
+from pillsnap.config import Config, apply_overrides, load_config
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "synthetic"
+TINY = {
+    "detection": {"architecture": "yolo11n", "imgsz": 160, "num_classes": 1},
+    "classification": {"backbone": "tf_efficientnetv2_b0", "num_classes": 5, "img_size": 64},
+}
+# Low cut so that even random detector weights yield boxes to crop and classify.
+LOW_CONF = {"postprocess.nms.conf_threshold": 0.001, "postprocess.nms.max_detections": 4}
+
+
+def demo_available() -> bool:
+    ckpts = DEMO / "checkpoints"
+    return (DEMO / "config.yaml").exists() and (ckpts / "detection_best.pt").exists() and \
+        (ckpts / "classification_best.pt").exists()
+
+
+def experiment_config(root: Path) -> Config:
+    """The demo experiment if trained, else a tiny random one under ``root``; outputs go to ``root/runs``."""
+    if demo_available():
+        return load_config(DEMO / "config.yaml", {"paths.out_dir": str(root / "runs")})
+    return build_tiny_experiment(root)
+
+
+def build_tiny_experiment(root: Path, seed: int = 0) -> Config:
+    """Random-weight checkpoints, a class map and ``config.yaml`` under ``root``."""
+    import torch
+
+    from pillsnap.models.classifier import (
+        build_classification_model,
+        save_classification_checkpoint,
+    )
+    from pillsnap.models.detector import build_detection_model, save_detection_checkpoint
+
+    torch.manual_seed(seed)
+    det, cls = TINY["detection"], TINY["classification"]
+    ckpts = root / "checkpoints"
+    save_detection_checkpoint(ckpts / "detection_best.pt", build_detection_model(det["architecture"], 1), det["imgsz"])
+    model = build_classification_model(cls["backbone"], cls["num_classes"])
+    save_classification_checkpoint(ckpts / "classification_best.pt", model,
+                                   {"backbone": cls["backbone"], "num_classes": cls["num_classes"]})
+    tiny_class_map(cls["num_classes"]).save(root / "class_map.json")
+    raw = {"paths": {"exp_dir": ".", "out_dir": "runs"}, **TINY}
+    (root / "config.yaml").write_text(yaml.safe_dump(raw))
+    return load_config(root / "config.yaml")
+
+
+def tiny_class_map(n: int) -> ClassMap:
+    return ClassMap([PillClass(i, f"c{i:04d}", f"99{i:07d}", f"pill {i}") for i in range(n)], {"synthetic": True})
+
+
+def low_conf(cfg: Config) -> Config:
+    return apply_overrides(cfg, LOW_CONF)
+
+
+def pill_photo(width: int = 320, height: int = 240, pills: int = 3, seed: int = 0) -> np.ndarray:
+    """An RGB uint8 photo of a few coloured ellipses on a textured background."""
+    rng = np.random.default_rng(seed)
+    bg = rng.integers(90, 140, size=(height, width, 3), dtype=np.uint8)
+    img = Image.fromarray(bg, "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(pills):
+        w, h = int(rng.integers(30, 60)), int(rng.integers(20, 45))
+        x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+        draw.ellipse([x, y, x + w, y + h], fill=colour, outline=(20, 20, 20), width=2)
+    return np.asarray(img)
+
+
+def write_photos(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"photo_{i}.jpg"
+        Image.fromarray(pill_photo(seed=seed + i, width=320 - 16 * i, height=240 + 8 * i)).save(path, quality=92)
+        paths.append(path)
+    return paths
