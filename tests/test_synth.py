@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -162,17 +161,18 @@ def test_cli_generates_and_refuses(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_many_classes_crops_only(tmp_path):
-    start = time.perf_counter()
+    # The scale mode (`--classes 5000 --no-detection`) at 1000 classes: 5000 take ~30 s of CPU.
+    n = 1000
     summary = generate_dataset(
-        tmp_path / "many", num_classes=5000, splits=["val"], detection=False, crops_per_class=1
+        tmp_path / "many", num_classes=n, splits=["val"], detection=False, crops_per_class=1
     )
-    seconds = time.perf_counter() - start
     root = Path(summary.out_dir)
-    dirs = list((root / "classification" / "val").iterdir())
-    assert len(dirs) == 5000 and all(len(list(d.iterdir())) == 1 for d in dirs[:50])
-    assert summary.crops == {"val": 5000} and not (root / "detection").exists()
-    assert len(ClassMap.load(root / "class_map.json")) == 5000
-    assert seconds < 120, f"5000 crops took {seconds:.0f} s"
+    dirs = sorted((root / "classification" / "val").iterdir())
+    assert len(dirs) == n and all(len(list(d.iterdir())) == 1 for d in dirs)
+    assert summary.crops == {"val": n} and not (root / "detection").exists()
+    cm = ClassMap.load(root / "class_map.json")
+    assert [d.name for d in dirs] == [c.class_dir for c in cm.classes]
+    assert len({c.edi_code for c in cm.classes}) == n
 
 
 def test_crop_box_pads_and_clips():

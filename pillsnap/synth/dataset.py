@@ -177,7 +177,7 @@ def generate_dataset(
             "summary": summary.to_dict(),
         },
     )
-    log.info("%s", summary.format())
+    log.debug("%s", summary.format())
     return summary
 
 
