@@ -55,3 +55,12 @@ def test_find_best_checkpoint_rule(tmp_path):
     assert find_best_checkpoint(tmp_path, "detection").name == "best.pt"
     with pytest.raises(MissingPathError, match="paths.exp_dir"):
         list_checkpoints(tmp_path / "missing")
+
+
+def test_atomic_write_uses_normal_file_mode(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        p = atomic_write_bytes(tmp_path / "m.bin", b"x")
+    finally:
+        os.umask(umask)
+    assert (p.stat().st_mode & 0o777) == 0o644
