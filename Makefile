@@ -26,9 +26,11 @@ data: $(STAMP)
 
 demo: data
 	$(BIN)/pillsnap release --config $(DEMO_CONFIG)
+	@echo "Record: runs/latest/export.html, runs/latest/equivalence.html; report: runs/latest/export_report.json"
 
 test: data
-	$(BIN)/python -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
+	$(BIN)/python -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+	rm -rf runs/scratch
 
 lab: $(STAMP)
 	$(BIN)/pip install -q -e ".[cpu,dev,lab]"

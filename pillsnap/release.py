@@ -108,8 +108,8 @@ def run_release(
 ) -> ReleaseOutcome:
     """Run every stage notebook into a new release folder and promote it only if all passed.
 
-    Input problems (unknown stage, taken tag, missing notebook) raise before anything
-    is written. A failing stage never raises: the outcome says ``passed=False`` and
+    Input problems (missing checkpoint, unknown stage, taken tag, missing notebook)
+    raise before anything is written. A failing stage never raises: the outcome says ``passed=False`` and
     points at the ``.failed`` record.
     """
     say = progress or (lambda _msg: None)
@@ -120,6 +120,9 @@ def run_release(
     stage_names = list(stages or cfg.release.stages)
     nb_dir = Path(notebooks_dir or cfg.release.notebooks_dir or default_notebooks_dir())
     notebooks = [stage_notebook(nb_dir, name) for name in stage_names]
+    # Every release ships both models: without a checkpoint there is no release (nothing is written).
+    for task in TASKS:
+        cfg.checkpoint_path(task)  # type: ignore[arg-type]
     kernel = kernel_name or ensure_kernel()
 
     with release_lock(out_dir):

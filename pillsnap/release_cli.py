@@ -76,12 +76,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _show(path: Path) -> str:
-    try:
-        return (
-            os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else str(path)
-        )
-    except ValueError:
-        return str(path)
+    """Relative to the cwd when inside it (short, copy-pasteable), else absolute."""
+    path = Path(path).absolute()
+    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def cmd_run(argv: list[str]) -> int:
@@ -166,7 +163,7 @@ def cmd_checkpoints(argv: list[str]) -> int:
         description="print the detection and classification checkpoint paths, one a line",
     )
     _config_args(p)
-    args = p.parse_args(argv)
+    args, _run_options = p.parse_known_args(argv)  # accepts a full `release` command line
     cfg = load_config(args.config, _overrides(args))
     for task in ("detection", "classification"):
         print(cfg.checkpoint_path(task, must_exist=False))  # type: ignore[arg-type]

@@ -174,7 +174,8 @@ def run_stage(
             log_output=False,
             cwd=str(out_dir),
             execution_timeout=cell_timeout_s,
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no kernel start-up chatter on screen
+            # no kernel start-up chatter on the console
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except PapermillExecutionError as exc:
         error, failed_cell = f"{exc.ename}: {exc.evalue}", exc.cell_index

@@ -256,6 +256,9 @@ def test_input_errors_write_nothing(project):
         release(project, "../x")
     with pytest.raises(MissingPathError, match="stage notebook not found.*notebooks there: boom"):
         release(project, "t3", stages=("good", "quantize"))
+    (project["tmp"] / "exp" / "checkpoints" / "detection_best.pt").unlink()
+    with pytest.raises(MissingPathError, match="detection checkpoint not found"):
+        release(project, "t4")
     assert sorted(p.name for p in project["out"].iterdir() if not p.name.startswith(".")) == [
         "latest",
         "latest_classification.onnx",
@@ -520,7 +523,7 @@ def test_nbval_fails_when_a_checked_figure_changes(tmp_path):
     assert "overrides: list = []" in params.source
     params.source = params.source.replace(
         "overrides: list = []", 'overrides: list = ["compare.gates.mse_mean=0.0002"]'
-    )
+    ).replace('out_dir: str = ""', f'out_dir: str = "{tmp_path / "out"}"')
     copy = tmp_path / "export_changed.ipynb"
     nbformat.write(nb, copy)
     proc = subprocess.run(
@@ -542,5 +545,9 @@ def test_nbval_fails_when_a_checked_figure_changes(tmp_path):
         check=False,
     )
     assert proc.returncode == 1, proc.stdout[-3000:]
-    assert "Cell outputs differ" in proc.stdout and "0.0002" in proc.stdout and "1 failed" in proc.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["export_changed.ipynb"]  # nbval run wrote nothing here
+    assert (
+        "Cell outputs differ" in proc.stdout
+        and "0.0002" in proc.stdout
+        and "1 failed" in proc.stdout
+    )
+    assert (tmp_path / "out" / "export_report.json").is_file()  # the run wrote where it was told
