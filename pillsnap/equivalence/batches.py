@@ -2,8 +2,11 @@
 
 On a 2-core machine decoding and resizing photos costs a noticeable share of the
 model time; overlapping the two keeps ``pillsnap compare`` close to pure compute
-time (see ``benchmarks/bench_compare.py``). Memory stays bounded: at most
-``depth`` batches wait in the queue, whatever the sample size.
+time (see ``benchmarks/bench_compare.py``). The prefetch thread runs at the lowest
+scheduling priority (Linux threads have their own nice value): the model threads
+are the critical path, decoding fills the cycles they leave, and a busy decoder
+never stalls an OpenMP barrier. Memory stays bounded: at most ``depth`` batches
+wait in the queue, whatever the sample size.
 
 Unreadable images are skipped and recorded (path + reason), never fatal here;
 the caller decides whether "nothing readable" is an error.
@@ -11,6 +14,7 @@ the caller decides whether "nothing readable" is an error.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -59,6 +63,7 @@ def prefetch(iterator: Iterator[T], depth: int = 2) -> Iterator[T]:
     stop = threading.Event()
 
     def produce() -> None:
+        lower_priority()
         try:
             for value in iterator:
                 while not stop.is_set():
@@ -90,3 +95,11 @@ def prefetch(iterator: Iterator[T], depth: int = 2) -> Iterator[T]:
                 buffer.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.1)
+
+
+def lower_priority() -> None:
+    """Give the calling thread the lowest CPU priority (Linux: per-thread nice 19; elsewhere a no-op)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        return

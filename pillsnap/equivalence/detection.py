@@ -173,81 +173,109 @@ def load_photo(item: SampleItem, imgsz: int) -> _Photo:
     return _Photo(rgb, tensor, info, labels[:, 0].astype(np.float32), boxes.astype(np.float32))
 
 
+class _DetectionStats:
+    """Everything measured from the raw outputs; fed batch by batch from one worker thread."""
+
+    def __init__(self, cfg: Config):
+        self.pp = cfg.postprocess
+        self.maps = {"torch": MapAccumulator(), "onnx": MapAccumulator()}
+        self.raw_max = {"all": 0.0, "box": 0.0, "score": 0.0}
+        self.raw_sum, self.raw_count = 0.0, 0
+        self.iou_diffs: list[float] = []
+        self.score_diffs: list[float] = []
+        self.examples: list[dict[str, Any]] = []
+        self.counts = {"matched_pairs": 0, "unmatched_torch": 0, "unmatched_onnx": 0, "unmatched_borderline": 0,
+                       "class_disagreements": 0, "boxes_torch": 0, "boxes_onnx": 0, "gt_boxes": 0, "photos": 0}
+
+    def add(self, items: list[SampleItem], photos: list[_Photo], raw_t: np.ndarray, raw_o: np.ndarray) -> None:
+        pp, nms = self.pp, self.pp.nms
+        infos = [p.info for p in photos]
+        d = np.abs(raw_t.astype(np.float64) - raw_o)
+        for key, part in (("all", d), ("box", d[:, :4]), ("score", d[:, 4:])):
+            self.raw_max[key] = max(self.raw_max[key], float(part.max()))
+        self.raw_sum, self.raw_count = self.raw_sum + float(d.sum()), self.raw_count + d.size
+        evals = {name: decode_and_nms(raw, infos, nms, conf=pp.eval_conf_threshold, iou=pp.eval_iou_threshold,
+                                      max_det=pp.eval_max_detections) for name, raw in (("torch", raw_t), ("onnx", raw_o))}
+        deployed_t, deployed_o = decode_and_nms(raw_t, infos, nms), decode_and_nms(raw_o, infos, nms)
+        for i, photo in enumerate(photos):
+            for name, acc in self.maps.items():
+                acc.add(evals[name][i], photo.gt_cls, photo.gt_boxes)
+            _box_parity(deployed_t[i], deployed_o[i], nms.conf_threshold, self.counts, self.iou_diffs, self.score_diffs)
+            self.counts["gt_boxes"] += len(photo.gt_boxes)
+            if len(self.examples) < EXAMPLE_PHOTOS:
+                self.examples.append({"path": str(items[i].path), "torch": deployed_t[i].tolist(),
+                                      "onnx": deployed_o[i].tolist(), "labels": photo.gt_boxes.tolist()})
+        self.counts["photos"] += len(photos)
+
+    def result(self, probe: list[np.ndarray]) -> DetectionParity:
+        pp, nms, counts = self.pp, self.pp.nms, self.counts
+        (m50_t, m_t), (m50_o, m_o) = self.maps["torch"].compute(), self.maps["onnx"].compute()
+        ious, scores = np.asarray(self.iou_diffs, np.float64), np.asarray(self.score_diffs, np.float64)
+        metrics = {
+            **{k: float(v) for k, v in counts.items()},
+            "map50_torch": m50_t, "map50_onnx": m50_o, "map50_95_torch": m_t, "map50_95_onnx": m_o,
+            "delta_map50": m50_o - m50_t, "delta_map50_95": m_o - m_t,
+            "iou_diff_p95": float(np.quantile(ious, 0.95)) if len(ious) else 0.0,
+            "iou_diff_max": float(ious.max()) if len(ious) else 0.0,
+            "score_diff_p95": float(np.quantile(scores, 0.95)) if len(scores) else 0.0,
+            "unmatched_rate": (counts["unmatched_torch"] + counts["unmatched_onnx"])
+            / max(counts["boxes_torch"] + counts["boxes_onnx"], 1),
+            "raw_max_abs_diff": self.raw_max["all"], "raw_box_max_abs_diff": self.raw_max["box"],
+            "raw_score_max_abs_diff": self.raw_max["score"], "raw_mean_abs_diff": self.raw_sum / max(self.raw_count, 1),
+        }
+        thresholds = {"map_eval": {"conf": pp.eval_conf_threshold, "iou": pp.eval_iou_threshold,
+                                   "max_det": pp.eval_max_detections},
+                      "deployed": {"conf": nms.conf_threshold, "iou": nms.iou_threshold, "max_det": nms.max_detections},
+                      "box_match_iou": {"iou": MATCH_IOU}, "threshold_band": {"score": THRESHOLD_BAND}}
+        return DetectionParity(metrics, ious, scores, self.examples, thresholds, np.stack(probe))
+
+
 def compare_detection(items: list[SampleItem], cfg: Config, torch_runner: Runner, onnx_runner: Runner, *,
                       skipped: list[SkippedFile], progress: bool = True,
                       on_batch: Callable[[list[SampleItem], list[np.ndarray], np.ndarray, dict[str, np.ndarray]], None]
                       | None = None) -> DetectionParity:
     """Run both engines on ``items`` and measure parity (see the module doc).
 
+    Photos are decoded on one low-priority thread and the raw outputs post-processed
+    (NMS, mAP matching, box parity) on another, so both overlap the model compute.
     ``on_batch(items, rgb_images, x, {"torch": raw, "onnx": raw})`` is called for
     every batch, so the end-to-end check reuses the detector outputs instead of
     running both detectors a second time on the same photos.
     """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
-    pp = cfg.postprocess
-    nms = pp.nms
-    maps = {"torch": MapAccumulator(), "onnx": MapAccumulator()}
-    raw_max = {"all": 0.0, "box": 0.0, "score": 0.0}
-    raw_sum, raw_count = 0.0, 0
-    iou_diffs, score_diffs, examples, probe = [], [], [], []
-    counts = {"matched_pairs": 0, "unmatched_torch": 0, "unmatched_onnx": 0, "unmatched_borderline": 0,
-              "class_disagreements": 0, "boxes_torch": 0, "boxes_onnx": 0, "gt_boxes": 0, "photos": 0}
+    from pillsnap.equivalence.batches import lower_priority
+
+    stats = _DetectionStats(cfg)
+    probe: list[np.ndarray] = []
+    pending: list[Future[None]] = []
     batches = prefetch(iter_batches(items, cfg.compare.batch_size, lambda it: load_photo(it, cfg.detection.imgsz), skipped))
-    with tqdm(total=len(items), desc="detection parity", unit="photo", disable=not progress) as bar:
+    with ThreadPoolExecutor(1, "pillsnap-postprocess", initializer=lower_priority) as post, \
+            tqdm(total=len(items), desc="detection parity", unit="photo", disable=not progress) as bar:
         for batch in batches:
             x = np.stack([p.tensor for p in batch.data])
-            infos = [p.info for p in batch.data]
             raw_t = np.asarray(torch_runner.infer(x), np.float32)
             raw_o = np.asarray(onnx_runner.infer(x), np.float32)
             if raw_t.shape != raw_o.shape:
                 raise ValueError(f"Torch raw head {raw_t.shape} and ONNX raw head {raw_o.shape} differ in shape")
-            d = np.abs(raw_t.astype(np.float64) - raw_o)
-            raw_max = {"all": max(raw_max["all"], float(d.max())), "box": max(raw_max["box"], float(d[:, :4].max())),
-                       "score": max(raw_max["score"], float(d[:, 4:].max()))}
-            raw_sum, raw_count = raw_sum + float(d.sum()), raw_count + d.size
-            evals = {name: decode_and_nms(raw, infos, nms, conf=pp.eval_conf_threshold, iou=pp.eval_iou_threshold,
-                                          max_det=pp.eval_max_detections) for name, raw in (("torch", raw_t), ("onnx", raw_o))}
-            deployed_t = decode_and_nms(raw_t, infos, nms)
-            deployed_o = decode_and_nms(raw_o, infos, nms)
-            for i, photo in enumerate(batch.data):
-                for name, acc in maps.items():
-                    acc.add(evals[name][i], photo.gt_cls, photo.gt_boxes)
-                _box_parity(deployed_t[i], deployed_o[i], nms.conf_threshold, counts, iou_diffs, score_diffs)
-                counts["gt_boxes"] += len(photo.gt_boxes)
-                if len(examples) < EXAMPLE_PHOTOS:
-                    examples.append({"path": str(batch.items[i].path), "torch": deployed_t[i].tolist(),
-                                     "onnx": deployed_o[i].tolist(), "labels": photo.gt_boxes.tolist()})
-            counts["photos"] += len(batch.items)
+            pending.append(post.submit(stats.add, batch.items, batch.data, raw_t, raw_o))
             if on_batch is not None:
                 on_batch(batch.items, [p.rgb for p in batch.data], x, {"torch": raw_t, "onnx": raw_o})
             if len(probe) < PROBE_SAMPLES:
                 probe.extend(x[: PROBE_SAMPLES - len(probe)])
+            while len(pending) > 2:  # bounded memory: at most a few batches of raw outputs in flight
+                pending.pop(0).result()
             bar.update(len(batch.items))
-    if counts["photos"] == 0:
+        for future in pending:
+            future.result()
+    if stats.counts["photos"] == 0:
         from pillsnap.exceptions import DataError
 
         raise DataError(f"no readable detection photo among the {len(items)} sampled "
                         f"(first problems: {'; '.join(f'{s.path}: {s.reason}' for s in skipped[:3])})")
-    (m50_t, m_t), (m50_o, m_o) = maps["torch"].compute(), maps["onnx"].compute()
-    ious, scores = np.asarray(iou_diffs, np.float64), np.asarray(score_diffs, np.float64)
-    metrics = {
-        **{k: float(v) for k, v in counts.items()},
-        "map50_torch": m50_t, "map50_onnx": m50_o, "map50_95_torch": m_t, "map50_95_onnx": m_o,
-        "delta_map50": m50_o - m50_t, "delta_map50_95": m_o - m_t,
-        "iou_diff_p95": float(np.quantile(ious, 0.95)) if len(ious) else 0.0,
-        "iou_diff_max": float(ious.max()) if len(ious) else 0.0,
-        "score_diff_p95": float(np.quantile(scores, 0.95)) if len(scores) else 0.0,
-        "unmatched_rate": (counts["unmatched_torch"] + counts["unmatched_onnx"])
-        / max(counts["boxes_torch"] + counts["boxes_onnx"], 1),
-        "raw_max_abs_diff": raw_max["all"], "raw_box_max_abs_diff": raw_max["box"],
-        "raw_score_max_abs_diff": raw_max["score"], "raw_mean_abs_diff": raw_sum / max(raw_count, 1),
-    }
-    thresholds = {"map_eval": {"conf": pp.eval_conf_threshold, "iou": pp.eval_iou_threshold,
-                               "max_det": pp.eval_max_detections},
-                  "deployed": {"conf": nms.conf_threshold, "iou": nms.iou_threshold, "max_det": nms.max_detections},
-                  "box_match_iou": {"iou": MATCH_IOU}, "threshold_band": {"score": THRESHOLD_BAND}}
-    result = DetectionParity(metrics, ious, scores, examples, thresholds, np.stack(probe))
+    result = stats.result(probe)
     log.info(result.summary_line())
     return result
 
