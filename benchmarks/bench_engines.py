@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -27,16 +28,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(fn, warmup: int, iterations: int) -> float:
-    """Median seconds per call (the median resists the odd hiccup of a shared machine)."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def timed_pair(fns: dict, warmup: int, iterations: int) -> dict:
+    """Median seconds per call of several functions measured in turn, one call each per round.
+
+    The median resists the odd hiccup of a shared machine; interleaving gives every engine
+    the same share of whatever else the machine runs.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {name: [] for name in fns}
     for _ in range(iterations):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def bench_model(label: str, cfg, task: str, batch: int, args, out_dir: Path) -> dict:
@@ -50,9 +57,9 @@ def bench_model(label: str, cfg, task: str, batch: int, args, out_dir: Path) -> 
     size = cfg.detection.imgsz if task == "detection" else cfg.classification.crop_size
     x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
     row = {"model": label, "input": f"{batch}x3x{size}x{size}", "export_s": export_s}
-    for engine, path in (("torch", None), ("onnx", onnx_path)):
-        with create_runner(engine, task, cfg, path) as runner:
-            row[engine] = batch / timed(lambda: runner.infer(x), args.warmup, args.iterations)
+    with create_runner("torch", task, cfg) as t, create_runner("onnx", task, cfg, onnx_path) as o:
+        secs = timed_pair({"torch": lambda: t.infer(x), "onnx": lambda: o.infer(x)}, args.warmup, args.iterations)
+    row.update({engine: batch / s for engine, s in secs.items()})
     row["ratio"] = row["onnx"] / row["torch"]
     print(f"  {label}: torch {row['torch']:.2f} img/s, onnxruntime {row['onnx']:.2f} img/s "
           f"({row['ratio']:.2f}x), export {export_s:.1f} s", flush=True)
@@ -105,8 +112,10 @@ def bench_pipeline(cfg, engine: str, models: tuple, photos: list[Path], args) ->
     rows = []
     with Pipeline.from_config(cfg, engine, *models, batch_size=args.batch) as pipe:
         pills = sum(len(r) for r in pipe.predict(images))  # warm-up, and the pill count
-        for mode, bs in (("batched", args.batch), ("per-crop loop", 1)):
-            seconds = timed(lambda bs=bs: pipe.predict(images, batch_size=bs), 0, max(1, args.iterations // 2))
+        secs = timed_pair({"batched": lambda: pipe.predict(images, batch_size=args.batch),
+                           "per-crop loop": lambda: pipe.predict(images, batch_size=1)},
+                          0, max(1, args.iterations // 2))
+        for mode, seconds in secs.items():
             rows.append({"engine": engine, "mode": mode, "images": len(images), "pills": pills, "s": seconds,
                          "img_s": len(images) / seconds})
     rows[0]["speedup"], rows[1]["speedup"] = rows[0]["img_s"] / rows[1]["img_s"], 1.0
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from pillsnap.config import load_config
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; onnxruntime CPUExecutionProvider, "
-          f"ORT_ENABLE_ALL, threads auto", flush=True)
+          f"ORT_ENABLE_ALL, threads auto; load average at start {_load()}", flush=True)
     model_rows, pipe_rows = [], []
     with tempfile.TemporaryDirectory(prefix="pillsnap-bench-") as tmp:
         tmp = Path(tmp)
@@ -165,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         pipe_rows += bench_pipeline(cfg, "onnx", (fixture_onnx["detection"], fixture_onnx["classification"]), photos, args)
         pipe_rows += bench_pipeline(cfg, "torch", (None, None), photos, args)
     print_tables(model_rows, pipe_rows)
+    print(f"\nload average at the end: {_load()} on {os.cpu_count()} CPUs (includes this run itself; a start "
+          f"load above ~0.5 means other work competed and the figures are pessimistic)")
     return 0
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 if __name__ == "__main__":

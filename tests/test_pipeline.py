@@ -88,7 +88,9 @@ def test_accepts_paths_bytes_arrays_and_pil(torch_pipeline, photos, tmp_path):
     Image.fromarray(photos[0]).save(buf, format="PNG")
     results = torch_pipeline.predict([path, str(path), buf.getvalue(), photos[0], Image.fromarray(photos[0])])
     boxes = [[p.box for p in r] for r in results]
-    assert all(b == boxes[0] for b in boxes)
+    assert boxes[0] and all(len(b) == len(boxes[0]) for b in boxes)
+    for b in boxes[1:]:  # the last image runs in a batch of its own: float noise only
+        np.testing.assert_allclose(b, boxes[0], atol=1e-3)
 
 
 def test_onnx_pipeline_matches_torch(torch_pipeline, photos, demo_cfg):
