@@ -245,8 +245,13 @@ class Config(_Section):
     def _input_shapes_follow_sizes(self) -> Config:
         # One source of truth: an explicit export input shape sets the model size.
         cls_shape = self.export.classification_input_shape
-        if cls_shape is not None and cls_shape[2] != self.classification.img_size:
-            object.__setattr__(self.classification, "img_size", cls_shape[2])
+        if cls_shape is not None and cls_shape[2] != self.classification.crop_size:
+            size, pre = cls_shape[2], self.classification.preprocessing
+            if pre.crop is not None:  # keep the resize/crop ratio (timm's crop_pct) of the config
+                if pre.resize is not None:
+                    object.__setattr__(pre, "resize", max(size, round(pre.resize * size / pre.crop)))
+                object.__setattr__(pre, "crop", size)
+            object.__setattr__(self.classification, "img_size", size)
         det_shape = self.export.detection_input_shape
         if det_shape is not None and det_shape[2] != self.detection.imgsz:
             if det_shape[2] % 32:

@@ -93,3 +93,12 @@ def test_export_input_shape_sets_model_size():
 def test_snapshot_round_trips():
     cfg = load_config(ROOT / "config.yaml")
     assert Config.model_validate(cfg.snapshot()).snapshot() == cfg.snapshot()
+
+
+def test_export_input_shape_carries_an_explicit_crop_along():
+    cfg = Config.model_validate({
+        "classification": {"img_size": 128, "preprocessing": {"resize": 146, "crop": 128}},
+        "export": {"classification_input_shape": [1, 3, 256, 256]},
+    })
+    assert cfg.classification.crop_size == 256 and cfg.classification.img_size == 256
+    assert cfg.classification.resize_size == 292  # crop_pct 128/146 kept
