@@ -68,7 +68,9 @@ def replay(cfg, calls, models: dict[str, str]) -> dict[str, float]:
                 mine = [shape for name, shape in calls if name == runner.name]
                 if not mine:
                     continue
-                runner.infer(rng.random(mine[0], dtype=np.float32))  # warm-up, as the real run's first batch is
+                runner.infer(
+                    rng.random(mine[0], dtype=np.float32)
+                )  # warm-up, as the real run's first batch is
                 total = 0.0
                 for shape in mine:
                     x = rng.random(shape, dtype=np.float32)
@@ -84,16 +86,34 @@ def ensure_val_data(cfg, work: Path):
     from pillsnap.config import apply_overrides
     from pillsnap.synth import generate_dataset
 
-    have = cfg.paths.detection_data and Path(cfg.paths.detection_data).exists() and \
-        cfg.paths.classification_data and (Path(cfg.paths.classification_data) / "val").exists()
+    have = (
+        cfg.paths.detection_data
+        and Path(cfg.paths.detection_data).exists()
+        and cfg.paths.classification_data
+        and (Path(cfg.paths.classification_data) / "val").exists()
+    )
     if have:
         return cfg
-    synth = json.loads((DEMO.parent / "fixture_quality.json").read_text()).get("synth", {}) \
-        if (DEMO.parent / "fixture_quality.json").exists() else {}
-    generate_dataset(work / "data", num_classes=cfg.classification.num_classes, seed=synth.get("seed", 0),
-                     splits=("val",), val_photos=synth.get("val_photos", 200), force=True)
-    return apply_overrides(cfg, {"paths.detection_data": str(work / "data" / "detection" / "data.yaml"),
-                                 "paths.classification_data": str(work / "data" / "classification")})
+    synth = (
+        json.loads((DEMO.parent / "fixture_quality.json").read_text()).get("synth", {})
+        if (DEMO.parent / "fixture_quality.json").exists()
+        else {}
+    )
+    generate_dataset(
+        work / "data",
+        num_classes=cfg.classification.num_classes,
+        seed=synth.get("seed", 0),
+        splits=("val",),
+        val_photos=synth.get("val_photos", 200),
+        force=True,
+    )
+    return apply_overrides(
+        cfg,
+        {
+            "paths.detection_data": str(work / "data" / "detection" / "data.yaml"),
+            "paths.classification_data": str(work / "data" / "classification"),
+        },
+    )
 
 
 def bench_fixture(args: argparse.Namespace) -> dict:
@@ -106,36 +126,72 @@ def bench_fixture(args: argparse.Namespace) -> dict:
     cfg = ensure_val_data(load_config(args.config, [f"compare.mode={args.mode}"]), work)
     exports = export_models(cfg, work / "release")
     models = {t: r.onnx_path for t, r in exports.items()}
-    overrides = [f"--set=paths.{k}={cfg.paths.model_dump()[k]}" for k in ("detection_data", "classification_data")]
+    overrides = [
+        f"--set=paths.{k}={cfg.paths.model_dump()[k]}"
+        for k in ("detection_data", "classification_data")
+    ]
     calls = record_infer_calls()
     walls, pures, cli_walls, pure_by_runner = [], [], [], {}
     for i in range(args.repeat):
         calls.clear()
         start = time.perf_counter()
-        result = run_equivalence(cfg, None, models["classification"], models["detection"], work / f"inproc{i}",
-                                 progress=False)
+        result = run_equivalence(
+            cfg,
+            None,
+            models["classification"],
+            models["detection"],
+            work / f"inproc{i}",
+            progress=False,
+        )
         walls.append(time.perf_counter() - start)
         recorded = list(calls)
         pure = replay(cfg, recorded, models)
         pures.append(sum(pure.values()))
         pure_by_runner = pure if pures[-1] == min(pures) else pure_by_runner
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pillsnap.cli", "compare", "--config", str(args.config), "--mode",
-                               args.mode, "--classification-onnx", models["classification"], "--detection-onnx",
-                               models["detection"], "--out-dir", str(work / f"cli{i}"), "--quiet", *overrides],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pillsnap.cli",
+                "compare",
+                "--config",
+                str(args.config),
+                "--mode",
+                args.mode,
+                "--classification-onnx",
+                models["classification"],
+                "--detection-onnx",
+                models["detection"],
+                "--out-dir",
+                str(work / f"cli{i}"),
+                "--quiet",
+                *overrides,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         cli_walls.append(time.perf_counter() - start)
     compute = min(pures)
     return {
-        "mode": args.mode, "repeats": args.repeat, "failed": result.failed, "cli_exit_code": proc.returncode,
-        "classification_images": result.report["models"]["classification"]["compare"]["sampled_images"],
+        "mode": args.mode,
+        "repeats": args.repeat,
+        "failed": result.failed,
+        "cli_exit_code": proc.returncode,
+        "classification_images": result.report["models"]["classification"]["compare"][
+            "sampled_images"
+        ],
         "detection_photos": result.report["models"]["detection"]["compare"]["sampled_images"],
-        "infer_calls": len(recorded), "pure_compute_s": round(compute, 2),
+        "infer_calls": len(recorded),
+        "pure_compute_s": round(compute, 2),
         "pure_compute_runs_s": [round(v, 2) for v in pures],
         "pure_compute_by_runner_s": {k: round(v, 2) for k, v in pure_by_runner.items()},
-        "in_process_wall_s": round(min(walls), 2), "in_process_wall_runs_s": [round(v, 2) for v in walls],
+        "in_process_wall_s": round(min(walls), 2),
+        "in_process_wall_runs_s": [round(v, 2) for v in walls],
         "in_process_overhead": round(min(walls) / compute, 3),
-        "cli_process_wall_s": round(min(cli_walls), 2), "cli_wall_runs_s": [round(v, 2) for v in cli_walls],
+        "cli_process_wall_s": round(min(cli_walls), 2),
+        "cli_wall_runs_s": [round(v, 2) for v in cli_walls],
         "cli_overhead": round(min(cli_walls) / compute, 3),
     }
 
@@ -155,19 +211,37 @@ def bench_production(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-compare-prod-"))
     n = args.subset or args.classes
     t0 = time.perf_counter()
-    generate_dataset(work / "data", num_classes=args.classes, seed=0, splits=("val",), detection=False,
-                     crops_per_class=1)
+    generate_dataset(
+        work / "data",
+        num_classes=args.classes,
+        seed=0,
+        splits=("val",),
+        detection=False,
+        crops_per_class=1,
+    )
     synth_s = time.perf_counter() - t0
     torch.manual_seed(0)
     model = build_classification_model("efficientnetv2_s", args.classes)
-    save_classification_checkpoint(work / "checkpoints" / "classification_best.pt", model,
-                                   {"backbone": "efficientnetv2_s", "num_classes": args.classes})
-    overrides = {"paths.exp_dir": str(work), "paths.class_map": str(work / "data" / "class_map.json"),
-                 "paths.classification_data": str(work / "data" / "classification"),
-                 "classification.backbone": "efficientnetv2_s", "classification.num_classes": args.classes,
-                 "classification.img_size": 384, "compare.mode": "coverage", "compare.per_class_k": 1,
-                 "compare.min_classes": min(n, 1000), "compare.max_total": n}
-    cfg = apply_overrides(Config(), overrides)  # production defaults: 384 px, ImageNet normalisation
+    save_classification_checkpoint(
+        work / "checkpoints" / "classification_best.pt",
+        model,
+        {"backbone": "efficientnetv2_s", "num_classes": args.classes},
+    )
+    overrides = {
+        "paths.exp_dir": str(work),
+        "paths.class_map": str(work / "data" / "class_map.json"),
+        "paths.classification_data": str(work / "data" / "classification"),
+        "classification.backbone": "efficientnetv2_s",
+        "classification.num_classes": args.classes,
+        "classification.img_size": 384,
+        "compare.mode": "coverage",
+        "compare.per_class_k": 1,
+        "compare.min_classes": min(n, 1000),
+        "compare.max_total": n,
+    }
+    cfg = apply_overrides(
+        Config(), overrides
+    )  # production defaults: 384 px, ImageNet normalisation
     t0 = time.perf_counter()
     exported = export_classification_onnx(cfg, None, work / "release", "bench")
     export_s = time.perf_counter() - t0
@@ -177,9 +251,15 @@ def bench_production(args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - t0
     pure = replay(cfg, calls, {"classification": exported.onnx_path}) if args.replay else {}
     images = result.report["models"]["classification"]["compare"]["sampled_images"]
-    out = {"classes": args.classes, "images_measured": images, "synth_s": round(synth_s, 1),
-           "export_s": round(export_s, 1), "compare_wall_s": round(wall, 1),
-           "per_image_s": round(wall / images, 4), "runner_compute_s": result.report["timing"]}
+    out = {
+        "classes": args.classes,
+        "images_measured": images,
+        "synth_s": round(synth_s, 1),
+        "export_s": round(export_s, 1),
+        "compare_wall_s": round(wall, 1),
+        "per_image_s": round(wall / images, 4),
+        "runner_compute_s": result.report["timing"],
+    }
     if pure:
         out["pure_compute_s"] = round(sum(pure.values()), 1)
         out["overhead"] = round(wall / sum(pure.values()), 3)
@@ -189,16 +269,24 @@ def bench_production(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="what", required=True)
     f = sub.add_parser("fixture")
     f.add_argument("--config", type=Path, default=DEMO)
     f.add_argument("--mode", default="coverage", choices=["smoke", "coverage", "full"])
-    f.add_argument("--repeat", type=int, default=3, help="rounds; the best (least disturbed) is reported")
+    f.add_argument(
+        "--repeat", type=int, default=3, help="rounds; the best (least disturbed) is reported"
+    )
     pr = sub.add_parser("production")
     pr.add_argument("--classes", type=int, default=5000)
-    pr.add_argument("--subset", type=int, default=0, help="measure this many images and extrapolate")
-    pr.add_argument("--replay", action="store_true", help="also replay the calls for the pure compute time")
+    pr.add_argument(
+        "--subset", type=int, default=0, help="measure this many images and extrapolate"
+    )
+    pr.add_argument(
+        "--replay", action="store_true", help="also replay the calls for the pure compute time"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     result = bench_fixture(args) if args.what == "fixture" else bench_production(args)

@@ -58,11 +58,16 @@ def bench_model(label: str, cfg, task: str, batch: int, args, out_dir: Path) -> 
     x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
     row = {"model": label, "input": f"{batch}x3x{size}x{size}", "export_s": export_s}
     with create_runner("torch", task, cfg) as t, create_runner("onnx", task, cfg, onnx_path) as o:
-        secs = timed_pair({"torch": lambda: t.infer(x), "onnx": lambda: o.infer(x)}, args.warmup, args.iterations)
+        secs = timed_pair(
+            {"torch": lambda: t.infer(x), "onnx": lambda: o.infer(x)}, args.warmup, args.iterations
+        )
     row.update({engine: batch / s for engine, s in secs.items()})
     row["ratio"] = row["onnx"] / row["torch"]
-    print(f"  {label}: torch {row['torch']:.2f} img/s, onnxruntime {row['onnx']:.2f} img/s "
-          f"({row['ratio']:.2f}x), export {export_s:.1f} s", flush=True)
+    print(
+        f"  {label}: torch {row['torch']:.2f} img/s, onnxruntime {row['onnx']:.2f} img/s "
+        f"({row['ratio']:.2f}x), export {export_s:.1f} s",
+        flush=True,
+    )
     return row
 
 
@@ -75,17 +80,29 @@ def production_config(cfg, root: Path):
     )
     from pillsnap.models.detector import build_detection_model, save_detection_checkpoint
 
-    prod = apply_overrides(cfg, {
-        "paths.exp_dir": str(root), "paths.class_map": None,
-        "classification.backbone": "efficientnetv2_s", "classification.num_classes": 5000,
-        "classification.img_size": 384, "classification.preprocessing.resize": None,
-        "classification.preprocessing.crop": None,
-        "detection.architecture": "yolo11m", "detection.imgsz": 640,
-    })
+    prod = apply_overrides(
+        cfg,
+        {
+            "paths.exp_dir": str(root),
+            "paths.class_map": None,
+            "classification.backbone": "efficientnetv2_s",
+            "classification.num_classes": 5000,
+            "classification.img_size": 384,
+            "classification.preprocessing.resize": None,
+            "classification.preprocessing.crop": None,
+            "detection.architecture": "yolo11m",
+            "detection.imgsz": 640,
+        },
+    )
     ckpts = root / "checkpoints"
-    save_classification_checkpoint(ckpts / prod.classification.checkpoint,
-                                   build_classification_model("efficientnetv2_s", 5000), {"backbone": "efficientnetv2_s"})
-    save_detection_checkpoint(ckpts / prod.detection.checkpoint, build_detection_model("yolo11m", 1), 640)
+    save_classification_checkpoint(
+        ckpts / prod.classification.checkpoint,
+        build_classification_model("efficientnetv2_s", 5000),
+        {"backbone": "efficientnetv2_s"},
+    )
+    save_detection_checkpoint(
+        ckpts / prod.detection.checkpoint, build_detection_model("yolo11m", 1), 640
+    )
     return prod
 
 
@@ -98,7 +115,9 @@ def val_photos(cfg, pattern: str | None, count: int) -> list[Path]:
         return expand_inputs(pattern)[:count]
     data = cfg.paths.detection_data
     if data is None or not Path(data).exists():
-        sys.exit(f"no synthetic val photos ({data}): run `pillsnap synth` first or pass --photos GLOB")
+        sys.exit(
+            f"no synthetic val photos ({data}): run `pillsnap synth` first or pass --photos GLOB"
+        )
     spec = yaml.safe_load(Path(data).read_text())
     folder = Path(spec.get("path") or Path(data).parent) / spec["val"]
     return sorted(folder.glob("*.jpg"))[:count]
@@ -108,19 +127,37 @@ def bench_pipeline(cfg, engine: str, models: tuple, photos: list[Path], args) ->
     from pillsnap.pipeline import Pipeline
     from pillsnap.preprocess import load_image
 
-    images = [load_image(p) for p in photos]  # decode once: the rows compare inference, not JPEG decoding
+    images = [
+        load_image(p) for p in photos
+    ]  # decode once: the rows compare inference, not JPEG decoding
     rows = []
     with Pipeline.from_config(cfg, engine, *models, batch_size=args.batch) as pipe:
         pills = sum(len(r) for r in pipe.predict(images))  # warm-up, and the pill count
-        secs = timed_pair({"batched": lambda: pipe.predict(images, batch_size=args.batch),
-                           "per-crop loop": lambda: pipe.predict(images, batch_size=1)},
-                          0, max(1, args.iterations // 2))
+        secs = timed_pair(
+            {
+                "batched": lambda: pipe.predict(images, batch_size=args.batch),
+                "per-crop loop": lambda: pipe.predict(images, batch_size=1),
+            },
+            0,
+            max(1, args.iterations // 2),
+        )
         for mode, seconds in secs.items():
-            rows.append({"engine": engine, "mode": mode, "images": len(images), "pills": pills, "s": seconds,
-                         "img_s": len(images) / seconds})
+            rows.append(
+                {
+                    "engine": engine,
+                    "mode": mode,
+                    "images": len(images),
+                    "pills": pills,
+                    "s": seconds,
+                    "img_s": len(images) / seconds,
+                }
+            )
     rows[0]["speedup"], rows[1]["speedup"] = rows[0]["img_s"] / rows[1]["img_s"], 1.0
-    print(f"  pipeline {engine}: batched {rows[0]['img_s']:.2f} img/s vs per-crop loop {rows[1]['img_s']:.2f} img/s "
-          f"({rows[0]['speedup']:.2f}x, {rows[0]['pills']} pills)", flush=True)
+    print(
+        f"  pipeline {engine}: batched {rows[0]['img_s']:.2f} img/s vs per-crop loop {rows[1]['img_s']:.2f} img/s "
+        f"({rows[0]['speedup']:.2f}x, {rows[0]['pills']} pills)",
+        flush=True,
+    )
     return rows
 
 
@@ -128,19 +165,25 @@ def print_tables(model_rows: list[dict], pipe_rows: list[dict]) -> None:
     print("\n| model | input | torch eager img/s | ORT CPU img/s | ORT / torch |")
     print("|---|---|---:|---:|---:|")
     for r in model_rows:
-        print(f"| {r['model']} | {r['input']} | {r['torch']:.2f} | {r['onnx']:.2f} | {r['ratio']:.2f}x |")
+        print(
+            f"| {r['model']} | {r['input']} | {r['torch']:.2f} | {r['onnx']:.2f} | {r['ratio']:.2f}x |"
+        )
     if pipe_rows:
         print("\n| pipeline engine | mode | photos | pills | seconds | img/s | speedup |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for r in pipe_rows:
-            print(f"| {r['engine']} | {r['mode']} | {r['images']} | {r['pills']} | {r['s']:.2f} | {r['img_s']:.2f} "
-                  f"| {r['speedup']:.2f}x |")
+            print(
+                f"| {r['engine']} | {r['mode']} | {r['images']} | {r['pills']} | {r['s']:.2f} | {r['img_s']:.2f} "
+                f"| {r['speedup']:.2f}x |"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path, default=ROOT / "examples" / "synthetic" / "config.yaml")
-    p.add_argument("--photos", help="photo glob for the pipeline rows (default: the synthetic val split)")
+    p.add_argument(
+        "--photos", help="photo glob for the pipeline rows (default: the synthetic val split)"
+    )
     p.add_argument("--photo-count", type=int, default=24)
     p.add_argument("--batch", type=int, default=16, help="pipeline batch (images and crops)")
     p.add_argument("--warmup", type=int, default=1)
@@ -153,8 +196,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from pillsnap.config import load_config
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; onnxruntime CPUExecutionProvider, "
-          f"ORT_ENABLE_ALL, threads auto; load average at start {_load()}", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; onnxruntime CPUExecutionProvider, "
+        f"ORT_ENABLE_ALL, threads auto; load average at start {_load()}",
+        flush=True,
+    )
     model_rows, pipe_rows = [], []
     with tempfile.TemporaryDirectory(prefix="pillsnap-bench-") as tmp:
         tmp = Path(tmp)
@@ -162,20 +208,37 @@ def main(argv: list[str] | None = None) -> int:
         for task in ("classification", "detection"):
             cfg.checkpoint_path(task)  # fail early, naming the missing fixture checkpoint
         fixture_onnx = {}
-        for label, task, batch in (("classifier fixture", "classification", 16), ("detector fixture", "detection", 4)):
+        for label, task, batch in (
+            ("classifier fixture", "classification", 16),
+            ("detector fixture", "detection", 4),
+        ):
             model_rows.append(bench_model(label, cfg, task, batch, args, tmp / "runs"))
             fixture_onnx[task] = tmp / "runs" / f"{task}-{label.replace(' ', '_')}.onnx"
         if not args.skip_production:
             prod = production_config(cfg, tmp / "prod")
-            model_rows.append(bench_model("classifier efficientnetv2_s 5000 cls", prod, "classification", 4, args,
-                                          tmp / "runs"))
-            model_rows.append(bench_model("detector yolo11m", prod, "detection", 1, args, tmp / "runs"))
+            model_rows.append(
+                bench_model(
+                    "classifier efficientnetv2_s 5000 cls",
+                    prod,
+                    "classification",
+                    4,
+                    args,
+                    tmp / "runs",
+                )
+            )
+            model_rows.append(
+                bench_model("detector yolo11m", prod, "detection", 1, args, tmp / "runs")
+            )
         photos = val_photos(cfg, args.photos, args.photo_count)
-        pipe_rows += bench_pipeline(cfg, "onnx", (fixture_onnx["detection"], fixture_onnx["classification"]), photos, args)
+        pipe_rows += bench_pipeline(
+            cfg, "onnx", (fixture_onnx["detection"], fixture_onnx["classification"]), photos, args
+        )
         pipe_rows += bench_pipeline(cfg, "torch", (None, None), photos, args)
     print_tables(model_rows, pipe_rows)
-    print(f"\nload average at the end: {_load()} on {os.cpu_count()} CPUs (includes this run itself; a start "
-          f"load above ~0.5 means other work competed and the figures are pessimistic)")
+    print(
+        f"\nload average at the end: {_load()} on {os.cpu_count()} CPUs (includes this run itself; a start "
+        f"load above ~0.5 means other work competed and the figures are pessimistic)"
+    )
     return 0
 
 

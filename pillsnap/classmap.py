@@ -50,7 +50,10 @@ class ClassMap:
         return {c.class_dir: c.index for c in self.classes}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"header": self.header, "classes": [dict(asdict(c), colors=list(c.colors)) for c in self.classes]}
+        return {
+            "header": self.header,
+            "classes": [dict(asdict(c), colors=list(c.colors)) for c in self.classes],
+        }
 
     def digest(self) -> str:
         """sha256 of the canonical JSON; written into ONNX metadata to pin the mapping."""
@@ -66,19 +69,33 @@ class ClassMap:
     def load(cls, path: str | Path) -> ClassMap:
         path = Path(path)
         if not path.exists():
-            raise MissingPathError(f"class map not found: {path} (config key `paths.class_map`, default {{exp_dir}}/class_map.json)")
+            raise MissingPathError(
+                f"class map not found: {path} (config key `paths.class_map`, default {{exp_dir}}/class_map.json)"
+            )
         try:
             data = json.loads(path.read_text())
             classes = [
-                PillClass(int(c["index"]), str(c["class_dir"]), str(c["edi_code"]), str(c["name"]),
-                          str(c.get("shape", "")), tuple(c.get("colors", ())), str(c.get("imprint", "")))
+                PillClass(
+                    int(c["index"]),
+                    str(c["class_dir"]),
+                    str(c["edi_code"]),
+                    str(c["name"]),
+                    str(c.get("shape", "")),
+                    tuple(c.get("colors", ())),
+                    str(c.get("imprint", "")),
+                )
                 for c in data["classes"]
             ]
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"class map {path} is malformed: {exc!r}; expected the format in pillsnap/classmap.py") from exc
+            raise DataError(
+                f"class map {path} is malformed: {exc!r}; expected the format in pillsnap/classmap.py"
+            ) from exc
         problems = [f"entry {i} has index {c.index}" for i, c in enumerate(classes) if c.index != i]
-        problems += [f"class {c.index}: edi_code {c.edi_code!r} is not 9 digits" for c in classes
-                     if not (len(c.edi_code) == 9 and c.edi_code.isdigit())]
+        problems += [
+            f"class {c.index}: edi_code {c.edi_code!r} is not 9 digits"
+            for c in classes
+            if not (len(c.edi_code) == 9 and c.edi_code.isdigit())
+        ]
         if len({c.class_dir for c in classes}) != len(classes):
             problems.append("class_dir values are not unique")
         if problems:

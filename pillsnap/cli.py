@@ -12,9 +12,15 @@ import sys
 from pillsnap.exceptions import PillsnapError, UserInputError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("pillsnap.synth.cli", "generate the synthetic pill experiment / train its fixture models"),
+    "synth": (
+        "pillsnap.synth.cli",
+        "generate the synthetic pill experiment / train its fixture models",
+    ),
     "infer": ("pillsnap.infer", "run torch / onnx / tensorrt inference on images"),
-    "compare": ("pillsnap.equivalence.cli", "Torch <-> ONNX equivalence check, writes export_report.json"),
+    "compare": (
+        "pillsnap.equivalence.cli",
+        "Torch <-> ONNX equivalence check, writes export_report.json",
+    ),
     "release": ("pillsnap.release_cli", "run the papermill release; verify / diff releases"),
 }
 

@@ -12,6 +12,7 @@ unknown keys name the nearest valid key, wrong types name key, expected and give
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -151,7 +152,7 @@ class CompareConfig(_Section):
     @field_validator("hardness_bins")
     @classmethod
     def _bins(cls, v: list[float]) -> list[float]:
-        if len(v) < 2 or any(b <= a for a, b in zip(v, v[1:])) or v[0] < 0 or v[-1] > 1:
+        if len(v) < 2 or any(b <= a for a, b in itertools.pairwise(v)) or v[0] < 0 or v[-1] > 1:
             raise ValueError(f"expected increasing edges within [0, 1], got {v}")
         return v
 
@@ -249,26 +250,42 @@ class Config(_Section):
             size, pre = cls_shape[2], self.classification.preprocessing
             if pre.crop is not None:  # keep the resize/crop ratio (timm's crop_pct) of the config
                 if pre.resize is not None:
-                    object.__setattr__(pre, "resize", max(size, round(pre.resize * size / pre.crop)))
+                    object.__setattr__(
+                        pre, "resize", max(size, round(pre.resize * size / pre.crop))
+                    )
                 object.__setattr__(pre, "crop", size)
             object.__setattr__(self.classification, "img_size", size)
         det_shape = self.export.detection_input_shape
         if det_shape is not None and det_shape[2] != self.detection.imgsz:
             if det_shape[2] % 32:
-                raise ValueError(f"export.detection_input_shape: size {det_shape[2]} is not a multiple of 32")
+                raise ValueError(
+                    f"export.detection_input_shape: size {det_shape[2]} is not a multiple of 32"
+                )
             object.__setattr__(self.detection, "imgsz", det_shape[2])
         return self
 
     # -- derived values ------------------------------------------------------------------------
     @property
     def classification_input_shape(self) -> list[int]:
-        return self.export.classification_input_shape or [1, 3, self.classification.crop_size, self.classification.crop_size]
+        return self.export.classification_input_shape or [
+            1,
+            3,
+            self.classification.crop_size,
+            self.classification.crop_size,
+        ]
 
     @property
     def detection_input_shape(self) -> list[int]:
-        return self.export.detection_input_shape or [1, 3, self.detection.imgsz, self.detection.imgsz]
+        return self.export.detection_input_shape or [
+            1,
+            3,
+            self.detection.imgsz,
+            self.detection.imgsz,
+        ]
 
-    def checkpoint_path(self, task: Literal["detection", "classification"], must_exist: bool = True) -> Path:
+    def checkpoint_path(
+        self, task: Literal["detection", "classification"], must_exist: bool = True
+    ) -> Path:
         name = self.detection.checkpoint if task == "detection" else self.classification.checkpoint
         path = self.paths.checkpoints_dir / name
         if must_exist:
@@ -283,7 +300,9 @@ class Config(_Section):
 def require_path(path: Path | None, key: str, what: str) -> Path:
     """Return ``path`` or raise ``MissingPathError`` naming the path and the config key."""
     if path is None:
-        raise MissingPathError(f"{what} is not configured: set `{key}` in the config or pass `{key}=PATH` as an override")
+        raise MissingPathError(
+            f"{what} is not configured: set `{key}` in the config or pass `{key}=PATH` as an override"
+        )
     if not Path(path).exists():
         raise MissingPathError(
             f"{what} not found: {path} (from config key `{key}`). Fix the path in the config "
@@ -306,7 +325,9 @@ def default_config_path() -> Path:
     return Path(env) if env else Path("config.yaml")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> Config:
     """Load a YAML config, apply dotted overrides, validate everything at once.
 
     ``path=None`` uses ``$PILLSNAP_CONFIG`` or ``./config.yaml``; when neither exists
@@ -323,11 +344,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         except yaml.YAMLError as exc:
             raise ConfigError(f"{cfg_path}: not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):
-            raise ConfigError(f"{cfg_path}: expected a mapping at the top level, got {type(raw).__name__}")
+            raise ConfigError(
+                f"{cfg_path}: expected a mapping at the top level, got {type(raw).__name__}"
+            )
         _resolve_paths(raw, source.parent)
     elif explicit:
         key = "the --config argument" if path is not None else f"${CONFIG_ENV}"
-        raise MissingPathError(f"config file not found: {cfg_path} (from {key}). Pass an existing YAML file.")
+        raise MissingPathError(
+            f"config file not found: {cfg_path} (from {key}). Pass an existing YAML file."
+        )
     for dotted, value in _parse_overrides(overrides):
         _set_dotted(raw, dotted, value)
     cfg = validate_config(raw)
@@ -341,7 +366,9 @@ def validate_config(raw: dict[str, Any]) -> Config:
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
-        problems += [_describe_error(err) for err in exc.errors() if err["type"] != "extra_forbidden"]
+        problems += [
+            _describe_error(err) for err in exc.errors() if err["type"] != "extra_forbidden"
+        ]
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
@@ -366,7 +393,9 @@ def _parse_overrides(overrides: list[str] | dict[str, Any] | None) -> list[tuple
     parsed = []
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key.sub=value (e.g. export.opset=18)")
+            raise ConfigError(
+                f"override {item!r} is not of the form key.sub=value (e.g. export.opset=18)"
+            )
         key, _, text = item.partition("=")
         value = yaml.safe_load(text) if text.strip() else None
         if _is_path_key(key.strip()) and isinstance(value, str):
@@ -411,7 +440,11 @@ def _unknown_keys(raw: Any, model: type[BaseModel], prefix: tuple[str, ...]) -> 
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
             valid = ", ".join(sorted(fields))
-            hint = f"did you mean `{'.'.join(prefix + (close[0],))}`?" if close else f"valid keys here: {valid}"
+            hint = (
+                f"did you mean `{'.'.join(prefix + (close[0],))}`?"
+                if close
+                else f"valid keys here: {valid}"
+            )
             problems.append(f"unknown key `{dotted}`: {hint}")
             continue
         sub = fields[key].annotation
@@ -430,10 +463,19 @@ def _describe_error(err: dict[str, Any]) -> str:
 def _expected(err: dict[str, Any]) -> str:
     kind = err["type"]
     names = {
-        "int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
-        "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
-        "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
-        "tuple_type": "a list", "literal_error": "one of the listed values", "path_type": "a path",
-        "dict_type": "a mapping", "model_type": "a mapping",
+        "int_parsing": "an integer",
+        "int_type": "an integer",
+        "int_from_float": "an integer",
+        "float_parsing": "a number",
+        "float_type": "a number",
+        "bool_parsing": "true or false",
+        "bool_type": "true or false",
+        "string_type": "a string",
+        "list_type": "a list",
+        "tuple_type": "a list",
+        "literal_error": "one of the listed values",
+        "path_type": "a path",
+        "dict_type": "a mapping",
+        "model_type": "a mapping",
     }
     return names.get(kind, "a valid value")

@@ -18,11 +18,19 @@ from pillsnap.models.detector import export_detection_onnx
 if TYPE_CHECKING:
     from pillsnap.config import Config
 
-__all__ = ["ExportResult", "export_classification_onnx", "export_detection_onnx", "export_models", "export_onnx"]
+__all__ = [
+    "ExportResult",
+    "export_classification_onnx",
+    "export_detection_onnx",
+    "export_models",
+    "export_onnx",
+]
 log = logging.getLogger(__name__)
 
 
-def export_models(cfg: Config, out_dir: str | Path, tag: str | None = None) -> dict[str, ExportResult]:
+def export_models(
+    cfg: Config, out_dir: str | Path, tag: str | None = None
+) -> dict[str, ExportResult]:
     """Export both models of ``cfg`` under one version tag.
 
     Both checkpoints are checked to exist before anything is exported, so a missing
@@ -38,14 +46,24 @@ def export_models(cfg: Config, out_dir: str | Path, tag: str | None = None) -> d
         "classification": export_classification_onnx(cfg, cls_ckpt, out_dir, tag),
     }
     for name, res in results.items():
-        log.info("exported %s: %s (opset %d, input %s, %.2fM params)", name, res.onnx_path, res.opset,
-                 res.input_shape, res.params_million)
+        log.info(
+            "exported %s: %s (opset %d, input %s, %.2fM params)",
+            name,
+            res.onnx_path,
+            res.opset,
+            res.input_shape,
+            res.params_million,
+        )
     return results
 
 
-def export_onnx(cfg: Config, ckpt_path: str | Path | None, out_dir: str | Path,
-                task: Literal["detection", "classification"] = "classification",
-                tag: str | None = None) -> tuple[Path, ExportResult]:
+def export_onnx(
+    cfg: Config,
+    ckpt_path: str | Path | None,
+    out_dir: str | Path,
+    task: Literal["detection", "classification"] = "classification",
+    tag: str | None = None,
+) -> tuple[Path, ExportResult]:
     """Spec E-7 helper: export one model and return ``(onnx_path, result)``.
 
     ``result`` carries the metadata E-7 asks for (params, opset, input shape).

@@ -46,7 +46,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def save_json(path: str | Path, obj: Any, indent: int = 2) -> Path:
     """Serialise fully first, then write atomically (a serialisation error writes nothing)."""
-    text = json.dumps(obj, indent=indent, sort_keys=False, default=_json_default, allow_nan=False) + "\n"
+    text = (
+        json.dumps(obj, indent=indent, sort_keys=False, default=_json_default, allow_nan=False)
+        + "\n"
+    )
     return atomic_write_bytes(path, text.encode())
 
 
@@ -73,7 +76,9 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     """Checkpoint files in ``folder`` (not recursive), sorted by name."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise MissingPathError(f"checkpoint folder not found: {folder} (config key `paths.exp_dir` + /checkpoints)")
+        raise MissingPathError(
+            f"checkpoint folder not found: {folder} (config key `paths.exp_dir` + /checkpoints)"
+        )
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
 
 
@@ -93,4 +98,6 @@ def find_best_checkpoint(folder: str | Path, task: str) -> Path:
     if candidates:
         return max(candidates, key=lambda p: p.stat().st_mtime)
     names = ", ".join(p.name for p in found) or "none"
-    raise MissingPathError(f"no {task} checkpoint in {folder} (found: {names}); expected {task}_best.pt")
+    raise MissingPathError(
+        f"no {task} checkpoint in {folder} (found: {names}); expected {task}_best.pt"
+    )

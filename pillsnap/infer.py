@@ -24,16 +24,40 @@ TASKS = ("pipeline", "detect", "classify")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pillsnap infer", description=__doc__.split("\n")[0])
-    p.add_argument("--engine", choices=("torch", "onnx", "tensorrt"), default="torch",
-                   help="torch runs checkpoints, onnx / tensorrt run exported .onnx files (default torch)")
-    p.add_argument("--model", nargs="+", type=Path, metavar="PATH", default=[],
-                   help="model file(s); pipeline: DETECTOR CLASSIFIER. torch defaults to the config's checkpoints")
-    p.add_argument("--inputs", required=True, help='image glob or folder, e.g. "photos/**/*.jpg" (quote it)')
-    p.add_argument("--batch", type=int, default=16, help="images (and crops) per batch (default 16)")
-    p.add_argument("--task", choices=TASKS, default="pipeline", help="default pipeline (detect -> classify)")
-    p.add_argument("--config", type=Path, help="config YAML (default $PILLSNAP_CONFIG or ./config.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, repeatable (e.g. --set postprocess.nms.conf_threshold=0.4)")
+    p.add_argument(
+        "--engine",
+        choices=("torch", "onnx", "tensorrt"),
+        default="torch",
+        help="torch runs checkpoints, onnx / tensorrt run exported .onnx files (default torch)",
+    )
+    p.add_argument(
+        "--model",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        default=[],
+        help="model file(s); pipeline: DETECTOR CLASSIFIER. torch defaults to the config's checkpoints",
+    )
+    p.add_argument(
+        "--inputs", required=True, help='image glob or folder, e.g. "photos/**/*.jpg" (quote it)'
+    )
+    p.add_argument(
+        "--batch", type=int, default=16, help="images (and crops) per batch (default 16)"
+    )
+    p.add_argument(
+        "--task", choices=TASKS, default="pipeline", help="default pipeline (detect -> classify)"
+    )
+    p.add_argument(
+        "--config", type=Path, help="config YAML (default $PILLSNAP_CONFIG or ./config.yaml)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, repeatable (e.g. --set postprocess.nms.conf_threshold=0.4)",
+    )
     p.add_argument("--quantize", choices=("int8",), help="INT8 model (not available yet)")
     p.add_argument("--out", type=Path, help="write JSON lines here instead of stdout")
     return p
@@ -45,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     if args.quantize:
-        print("pillsnap infer: --quantize int8 is not available yet: static INT8 quantization with calibration "
-              "data is a later release stage. Run without --quantize (float32).", file=sys.stderr)
+        print(
+            "pillsnap infer: --quantize int8 is not available yet: static INT8 quantization with calibration "
+            "data is a later release stage. Run without --quantize (float32).",
+            file=sys.stderr,
+        )
         return 2
     try:
         return run(args)
@@ -61,10 +88,16 @@ def main(argv: list[str] | None = None) -> int:
 def expand_inputs(pattern: str) -> list[Path]:
     """Files matched by a glob (``**`` recursive) or contained in a folder, sorted."""
     root = Path(pattern).expanduser()
-    matches = root.rglob("*") if root.is_dir() else (Path(p) for p in glob.glob(str(root), recursive=True))
+    matches = (
+        root.rglob("*")
+        if root.is_dir()
+        else (Path(p) for p in glob.glob(str(root), recursive=True))
+    )
     files = sorted(p for p in matches if p.is_file())
     if not files:
-        raise UserInputError(f"--inputs {pattern!r} matches no files; quote the glob and check the path")
+        raise UserInputError(
+            f"--inputs {pattern!r} matches no files; quote the glob and check the path"
+        )
     return files
 
 
@@ -86,25 +119,37 @@ def run(args: argparse.Namespace) -> int:
         with tqdm(total=len(files), unit="img", file=sys.stderr, disable=None) as bar:
             for first in range(0, len(files), args.batch):
                 paths, images = [], []
-                for path in files[first:first + args.batch]:
+                for path in files[first : first + args.batch]:
                     try:
                         images.append(load_image(path))
                         paths.append(path)
                     except DataError as exc:
                         skipped.append(path)
-                        tqdm.write(f"skipped {path}: not a readable image ({_reason(exc)})", file=sys.stderr)
+                        tqdm.write(
+                            f"skipped {path}: not a readable image ({_reason(exc)})",
+                            file=sys.stderr,
+                        )
                 for path, record, count in zip(paths, *predict(images)):
                     sink.write(json.dumps({"path": str(path), **record}) + "\n")
                     found += count
                 processed += len(paths)
-                bar.update(len(files[first:first + args.batch]))
+                bar.update(len(files[first : first + args.batch]))
     finally:
         if args.out:
             sink.close()
     elapsed = time.perf_counter() - start
-    what = "pills" if args.task == "pipeline" else "detections" if args.task == "detect" else "classified"
-    print(f"{processed} image(s) processed, {len(skipped)} skipped, {found} {what}, {elapsed:.2f} s, "
-          f"{processed / elapsed if elapsed else 0.0:.2f} images/s [{describe()}]", file=sys.stderr)
+    what = (
+        "pills"
+        if args.task == "pipeline"
+        else "detections"
+        if args.task == "detect"
+        else "classified"
+    )
+    print(
+        f"{processed} image(s) processed, {len(skipped)} skipped, {found} {what}, {elapsed:.2f} s, "
+        f"{processed / elapsed if elapsed else 0.0:.2f} images/s [{describe()}]",
+        file=sys.stderr,
+    )
     if args.out:
         print(f"results: {args.out}", file=sys.stderr)
     if processed == 0:
@@ -125,11 +170,16 @@ def _make_task(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
     wanted = 2 if args.task == "pipeline" else 1
     if len(models) not in ((0, wanted) if args.engine == "torch" else (wanted,)):
         names = "DETECTOR.onnx CLASSIFIER.onnx" if wanted == 2 else "MODEL"
-        raise UserInputError(f"--task {args.task} with --engine {args.engine} needs --model {names} "
-                             f"(got {len(models)} path(s))" + ("; torch may omit --model" if args.engine == "torch" else ""))
+        raise UserInputError(
+            f"--task {args.task} with --engine {args.engine} needs --model {names} "
+            f"(got {len(models)} path(s))"
+            + ("; torch may omit --model" if args.engine == "torch" else "")
+        )
     models += [None] * (wanted - len(models))
     if args.task == "pipeline":
-        pipe = Pipeline.from_config(cfg, args.engine, models[0], models[1], batch_size=args.batch).activate()
+        pipe = Pipeline.from_config(
+            cfg, args.engine, models[0], models[1], batch_size=args.batch
+        ).activate()
 
         def predict(images: list) -> tuple[list, list]:
             pills = pipe.predict(images)
@@ -139,23 +189,39 @@ def _make_task(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
     task = "detection" if args.task == "detect" else "classification"
     runner = create_runner(args.engine, task, cfg, models[0]).activate()
     if task == "detection":
+
         def predict(images: list) -> tuple[list, list]:
             dets = detect_images(runner, images, cfg, args.batch)
             return [{"detections": detections_to_dicts(d)} for d in dets], [len(d) for d in dets]
     else:
-        class_map, spec = ClassMap.load(cfg.paths.class_map_path), PreprocessSpec.from_config(cfg.classification)
+        class_map, spec = (
+            ClassMap.load(cfg.paths.class_map_path),
+            PreprocessSpec.from_config(cfg.classification),
+        )
 
         def predict(images: list) -> tuple[list, list]:
             scores = classify_images(runner, images, spec, class_map, args.batch)
-            return [{"class_index": s.class_index, "edi_code": s.edi_code, "name": s.name, "conf": round(s.conf, 6),
-                     "top5": [{"index": i, "edi_code": e, "prob": round(p, 6)} for i, e, p in s.top5]}
-                    for s in scores], [1] * len(scores)
+            return [
+                {
+                    "class_index": s.class_index,
+                    "edi_code": s.edi_code,
+                    "name": s.name,
+                    "conf": round(s.conf, 6),
+                    "top5": [
+                        {"index": i, "edi_code": e, "prob": round(p, 6)} for i, e, p in s.top5
+                    ],
+                }
+                for s in scores
+            ], [1] * len(scores)
+
     return predict, lambda: _describe(runner)
 
 
 def _reason(exc: DataError) -> str:
     cause = exc.__cause__
-    if isinstance(cause, ImportError):  # Ultralytics' PIL patch tries an absent HEIF plugin on unknown files
+    if isinstance(
+        cause, ImportError
+    ):  # Ultralytics' PIL patch tries an absent HEIF plugin on unknown files
         return "unrecognised file format"
     return str(cause or exc)
 

@@ -79,15 +79,22 @@ def softmax_topk(logits: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.nda
     return idx, np.take_along_axis(probs, idx, axis=1)
 
 
-def classify_images(runner: Runner, images: Sequence[ImageLike], spec: PreprocessSpec, class_map: ClassMap,
-                    batch_size: int = 16) -> list[ClassScore]:
+def classify_images(
+    runner: Runner,
+    images: Sequence[ImageLike],
+    spec: PreprocessSpec,
+    class_map: ClassMap,
+    batch_size: int = 16,
+) -> list[ClassScore]:
     """Classify images (or crops) ``batch_size`` at a time with the one ``preprocess``."""
     out: list[ClassScore] = []
     for start in range(0, len(images), batch_size):
-        logits = runner.infer(preprocess(images[start:start + batch_size], spec))
+        logits = runner.infer(preprocess(images[start : start + batch_size], spec))
         if logits.shape[1] != len(class_map):
-            raise MetadataMismatchError(f"the classifier outputs {logits.shape[1]} classes but the class map has "
-                                        f"{len(class_map)}; use the class map the model was trained with")
+            raise MetadataMismatchError(
+                f"the classifier outputs {logits.shape[1]} classes but the class map has "
+                f"{len(class_map)}; use the class map the model was trained with"
+            )
         idx, probs = softmax_topk(logits)
         for row_idx, row_p in zip(idx, probs):
             top = [(int(i), class_map.edi_code(int(i)), float(p)) for i, p in zip(row_idx, row_p)]
@@ -96,12 +103,13 @@ def classify_images(runner: Runner, images: Sequence[ImageLike], spec: Preproces
     return out
 
 
-def detect_images(runner: Runner, images: Sequence[np.ndarray | Image.Image], cfg: Config,
-                  batch_size: int = 16) -> list[np.ndarray]:
+def detect_images(
+    runner: Runner, images: Sequence[np.ndarray | Image.Image], cfg: Config, batch_size: int = 16
+) -> list[np.ndarray]:
     """Letterbox, run the detector, NMS: per image ``[k, 6]`` in original pixels."""
     out: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
-        batch, infos = letterbox_batch(images[start:start + batch_size], cfg.detection.imgsz)
+        batch, infos = letterbox_batch(images[start : start + batch_size], cfg.detection.imgsz)
         out.extend(decode_and_nms(runner.infer(batch), infos, cfg.postprocess.nms))
     return out
 
@@ -109,20 +117,38 @@ def detect_images(runner: Runner, images: Sequence[np.ndarray | Image.Image], cf
 class Pipeline:
     """The two-stage recogniser over a detector runner and a classifier runner."""
 
-    def __init__(self, detector: Runner, classifier: Runner, class_map: ClassMap, cfg: Config,
-                 batch_size: int = 16):
+    def __init__(
+        self,
+        detector: Runner,
+        classifier: Runner,
+        class_map: ClassMap,
+        cfg: Config,
+        batch_size: int = 16,
+    ):
         if len(class_map) != cfg.classification.num_classes:
-            raise UserInputError(f"the class map has {len(class_map)} classes, classification.num_classes is "
-                                 f"{cfg.classification.num_classes}; point paths.class_map at the model's class map")
-        self.detector, self.classifier, self.class_map, self.cfg = detector, classifier, class_map, cfg
+            raise UserInputError(
+                f"the class map has {len(class_map)} classes, classification.num_classes is "
+                f"{cfg.classification.num_classes}; point paths.class_map at the model's class map"
+            )
+        self.detector, self.classifier, self.class_map, self.cfg = (
+            detector,
+            classifier,
+            class_map,
+            cfg,
+        )
         self.batch_size = batch_size
         self.spec = PreprocessSpec.from_config(cfg.classification)
         self._digest = class_map.digest()
 
     @classmethod
-    def from_config(cls, cfg: Config, engine: Literal["torch", "onnx", "tensorrt"],
-                    detection_model: str | Path | None = None, classification_model: str | Path | None = None,
-                    batch_size: int = 16) -> Pipeline:
+    def from_config(
+        cls,
+        cfg: Config,
+        engine: Literal["torch", "onnx", "tensorrt"],
+        detection_model: str | Path | None = None,
+        classification_model: str | Path | None = None,
+        batch_size: int = 16,
+    ) -> Pipeline:
         """Runners of one engine (checkpoints from the config for torch) and the configured class map."""
         from pillsnap.classmap import ClassMap
         from pillsnap.runners import create_runner
@@ -157,7 +183,9 @@ class Pipeline:
                 f"{self._digest[:12]}...; edi_codes would be wrong. Use the class map of that release."
             )
 
-    def predict(self, images: Sequence[ImageLike], batch_size: int | None = None) -> list[list[PillPrediction]]:
+    def predict(
+        self, images: Sequence[ImageLike], batch_size: int | None = None
+    ) -> list[list[PillPrediction]]:
         """Per input image, its pills (best detection first). Runners are activated if needed.
 
         ``batch_size=1`` gives the naive loop (one image, then one crop at a time).
@@ -168,17 +196,25 @@ class Pipeline:
         pad = self.cfg.classification.preprocessing.crop_padding
         results: list[list[PillPrediction]] = []
         for start in range(0, len(images), bs):
-            chunk = [load_image(item) for item in images[start:start + bs]]
+            chunk = [load_image(item) for item in images[start : start + bs]]
             # A box clipped to nothing at the image border holds no pill to classify.
-            detections = [d[(d[:, 2] > d[:, 0]) & (d[:, 3] > d[:, 1])]
-                          for d in detect_images(self.detector, chunk, self.cfg, bs)]
-            crops = [crop_box(img, row[:4], pad) for img, det in zip(chunk, detections) for row in det]
+            detections = [
+                d[(d[:, 2] > d[:, 0]) & (d[:, 3] > d[:, 1])]
+                for d in detect_images(self.detector, chunk, self.cfg, bs)
+            ]
+            crops = [
+                crop_box(img, row[:4], pad) for img, det in zip(chunk, detections) for row in det
+            ]
             scores = iter(classify_images(self.classifier, crops, self.spec, self.class_map, bs))
             for det in detections:
                 pills = []
                 for row in det:
                     s = next(scores)
                     box = (float(row[0]), float(row[1]), float(row[2]), float(row[3]))
-                    pills.append(PillPrediction(box, float(row[4]), s.class_index, s.edi_code, s.name, s.conf, s.top5))
+                    pills.append(
+                        PillPrediction(
+                            box, float(row[4]), s.class_index, s.edi_code, s.name, s.conf, s.top5
+                        )
+                    )
                 results.append(pills)
         return results

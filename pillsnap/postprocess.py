@@ -26,9 +26,15 @@ MAX_NMS_CANDIDATES = 30000  # Ultralytics' max_nms: more boxes than this are cut
 PAD_CLASS_ID = -1.0  # class_id of padding rows in pad_detections
 
 
-def decode_and_nms(raw: np.ndarray | torch.Tensor, infos: list[LetterboxInfo], nms: NmsConfig, *,
-                   conf: float | None = None, iou: float | None = None,
-                   max_det: int | None = None) -> list[np.ndarray]:
+def decode_and_nms(
+    raw: np.ndarray | torch.Tensor,
+    infos: list[LetterboxInfo],
+    nms: NmsConfig,
+    *,
+    conf: float | None = None,
+    iou: float | None = None,
+    max_det: int | None = None,
+) -> list[np.ndarray]:
     """Raw head -> per-image detections ``[k, 6]`` in original image coordinates.
 
     ``conf`` / ``iou`` / ``max_det`` override ``nms`` (the mAP evaluation uses a low
@@ -40,9 +46,13 @@ def decode_and_nms(raw: np.ndarray | torch.Tensor, infos: list[LetterboxInfo], n
 
     pred = torch.as_tensor(raw).float()
     if pred.ndim != 3 or pred.shape[1] < 5:
-        raise UserInputError(f"expected the raw detector head [N, 4+num_classes, anchors], got shape {tuple(pred.shape)}")
+        raise UserInputError(
+            f"expected the raw detector head [N, 4+num_classes, anchors], got shape {tuple(pred.shape)}"
+        )
     if pred.shape[0] != len(infos):
-        raise UserInputError(f"{pred.shape[0]} image(s) in the detector output but {len(infos)} letterbox info(s)")
+        raise UserInputError(
+            f"{pred.shape[0]} image(s) in the detector output but {len(infos)} letterbox info(s)"
+        )
     conf_t = nms.conf_threshold if conf is None else conf
     iou_t = nms.iou_threshold if iou is None else iou
     limit = nms.max_detections if max_det is None else max_det
@@ -60,7 +70,9 @@ def decode_and_nms(raw: np.ndarray | torch.Tensor, infos: list[LetterboxInfo], n
             kept = batched_nms(boxes, scores, classes, iou_t)
         kept = kept[:limit]
         boxes = scale_to_original(boxes[kept].numpy(), info)
-        rows = np.concatenate([boxes, scores[kept].numpy()[:, None], classes[kept].numpy()[:, None]], axis=1)
+        rows = np.concatenate(
+            [boxes, scores[kept].numpy()[:, None], classes[kept].numpy()[:, None]], axis=1
+        )
         out.append(rows.astype(np.float32, copy=False))
     return out
 
@@ -107,5 +119,11 @@ def pad_detections(detections: list[np.ndarray], max_boxes: int | None = None) -
 
 def detections_to_dicts(rows: np.ndarray) -> list[dict[str, Any]]:
     """``[k, 6]`` rows -> JSON-ready dicts (``box`` as ``[x1, y1, x2, y2]``)."""
-    return [{"box": [round(float(v), 2) for v in r[:4]], "conf": round(float(r[4]), 5), "class_id": int(r[5])}
-            for r in rows]
+    return [
+        {
+            "box": [round(float(v), 2) for v in r[:4]],
+            "conf": round(float(r[4]), 5),
+            "class_id": int(r[5]),
+        }
+        for r in rows
+    ]

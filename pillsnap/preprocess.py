@@ -11,9 +11,10 @@ No other module resizes or normalises images.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -23,7 +24,7 @@ from pillsnap.exceptions import DataError
 if TYPE_CHECKING:
     from pillsnap.config import ClassificationConfig
 
-ImageLike = Union[str, Path, bytes, np.ndarray, Image.Image]
+ImageLike = str | Path | bytes | np.ndarray | Image.Image
 _PIL_INTERP = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
@@ -41,7 +42,14 @@ class PreprocessSpec:
     @classmethod
     def from_config(cls, cfg: ClassificationConfig) -> PreprocessSpec:
         p = cfg.preprocessing
-        return cls(cfg.resize_size, cfg.crop_size, tuple(p.mean), tuple(p.std), p.interpolation, p.channel_order)
+        return cls(
+            cfg.resize_size,
+            cfg.crop_size,
+            tuple(p.mean),
+            tuple(p.std),
+            p.interpolation,
+            p.channel_order,
+        )
 
     def to_metadata(self) -> dict[str, str]:
         return {
@@ -87,8 +95,8 @@ def preprocess_one(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     if (new_w, new_h) != (w, h):
         image = image.resize((new_w, new_h), _PIL_INTERP[spec.interpolation])
-    left = int(round((new_w - spec.crop) / 2.0))
-    top = int(round((new_h - spec.crop) / 2.0))
+    left = round((new_w - spec.crop) / 2.0)
+    top = round((new_h - spec.crop) / 2.0)
     image = image.crop((left, top, left + spec.crop, top + spec.crop))
     arr = np.asarray(image, dtype=np.float32) / 255.0
     arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
@@ -129,7 +137,9 @@ def letterbox(image: np.ndarray | Image.Image, imgsz: int) -> tuple[np.ndarray, 
     return chw, LetterboxInfo((h, w), gain, pad)
 
 
-def letterbox_batch(images: Iterable[np.ndarray | Image.Image], imgsz: int) -> tuple[np.ndarray, list[LetterboxInfo]]:
+def letterbox_batch(
+    images: Iterable[np.ndarray | Image.Image], imgsz: int
+) -> tuple[np.ndarray, list[LetterboxInfo]]:
     """Several RGB images -> ``[N,3,imgsz,imgsz]`` float32 and their letterbox infos."""
     out = [letterbox(img, imgsz) for img in images]
     if not out:
@@ -147,7 +157,9 @@ def crop_box(image: Image.Image, box_xyxy: Iterable[float], padding: float = 0.0
     """
     x1, y1, x2, y2 = (float(v) for v in box_xyxy)
     if not (x2 > x1 and y2 > y1):
-        raise DataError(f"box {[x1, y1, x2, y2]} is empty; expected x1 < x2 and y1 < y2 (xyxy pixels)")
+        raise DataError(
+            f"box {[x1, y1, x2, y2]} is empty; expected x1 < x2 and y1 < y2 (xyxy pixels)"
+        )
     if padding < 0:
         raise DataError(f"crop padding must be >= 0, got {padding}")
     pw, ph = (x2 - x1) * padding, (y2 - y1) * padding

@@ -24,8 +24,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "export_report.schema.json"
-LIBRARIES = ("pillsnap", "torch", "torchvision", "timm", "ultralytics", "onnx", "onnxruntime", "onnxruntime-gpu",
-             "onnxslim", "numpy", "pillow", "pydantic")
+LIBRARIES = (
+    "pillsnap",
+    "torch",
+    "torchvision",
+    "timm",
+    "ultralytics",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxslim",
+    "numpy",
+    "pillow",
+    "pydantic",
+)
 
 
 class _Strict(BaseModel):
@@ -54,7 +66,9 @@ class Postprocess(_Strict):
 
 class Deltas(_Strict):
     map_0_5: float | None = Field(description="mAP@0.5 ONNX minus Torch; null for the classifier")
-    map_0_5_0_95: float | None = Field(description="mAP@0.5:0.95 ONNX minus Torch; null for the classifier")
+    map_0_5_0_95: float | None = Field(
+        description="mAP@0.5:0.95 ONNX minus Torch; null for the classifier"
+    )
 
 
 class SkippedFile(_Strict):
@@ -105,7 +119,9 @@ class Compare(_Strict):
     deltas: Deltas
     notes: list[str]
     precision: Literal["fp32", "fp16"]
-    at_risk_count: int | None = Field(description="samples whose probability difference could reorder their top two")
+    at_risk_count: int | None = Field(
+        description="samples whose probability difference could reorder their top two"
+    )
     metrics: dict[str, float | None]
     gates: list[Gate]
     strict: Strict
@@ -190,7 +206,9 @@ class ExportReport(_Strict):
     verdict: Verdict
     environment: Environment
     config: dict[str, Any]
-    timing: dict[str, float] = Field(description="wall_s of the comparison and seconds spent inside each runner")
+    timing: dict[str, float] = Field(
+        description="wall_s of the comparison and seconds spent inside each runner"
+    )
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -209,7 +227,10 @@ def validate_report(data: dict[str, Any]) -> list[str]:
     try:
         ExportReport.model_validate(data)
     except ValidationError as exc:
-        return [f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()]
+        return [
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        ]
     return []
 
 
@@ -239,8 +260,10 @@ def write_report(path: str | Path, report: dict[str, Any] | ExportReport) -> Pat
     data = report.model_dump(mode="json") if isinstance(report, ExportReport) else report
     problems = validate_report(data)
     if problems:
-        raise ValueError("refusing to write an invalid export_report.json (this is a pillsnap bug):\n  "
-                         + "\n  ".join(problems[:20]))
+        raise ValueError(
+            "refusing to write an invalid export_report.json (this is a pillsnap bug):\n  "
+            + "\n  ".join(problems[:20])
+        )
     return save_json(path, data)
 
 
@@ -249,9 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m pillsnap.report", description=main.__doc__)
-    parser.add_argument("--write-schema", action="store_true", help=f"regenerate {SCHEMA_PATH.name}")
-    parser.add_argument("--check-schema", action="store_true", help="exit 1 if the committed schema is stale")
-    parser.add_argument("reports", nargs="*", type=Path, help="export_report.json files to validate")
+    parser.add_argument(
+        "--write-schema", action="store_true", help=f"regenerate {SCHEMA_PATH.name}"
+    )
+    parser.add_argument(
+        "--check-schema", action="store_true", help="exit 1 if the committed schema is stale"
+    )
+    parser.add_argument(
+        "reports", nargs="*", type=Path, help="export_report.json files to validate"
+    )
     args = parser.parse_args(argv)
     status = 0
     if args.write_schema:
@@ -260,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_bytes(SCHEMA_PATH, schema_text().encode())
         print(f"wrote {SCHEMA_PATH}")
     if args.check_schema and (not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != schema_text()):
-        print(f"{SCHEMA_PATH} is stale: run `python -m pillsnap.report --write-schema`", file=sys.stderr)
+        print(
+            f"{SCHEMA_PATH} is stale: run `python -m pillsnap.report --write-schema`",
+            file=sys.stderr,
+        )
         status = 1
     for path in args.reports:
         problems = validate_report(json.loads(path.read_text()))

@@ -27,8 +27,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ENGINES = ("torch", "onnx", "tensorrt")
-_TASKS = {"detection": "detection", "detect": "detection", "classification": "classification",
-          "classify": "classification"}
+_TASKS = {
+    "detection": "detection",
+    "detect": "detection",
+    "classification": "classification",
+    "classify": "classification",
+}
 
 
 class Runner(ABC):
@@ -62,7 +66,9 @@ class Runner(ABC):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch; ``last_inference_time`` holds the seconds spent in the engine."""
         if not self.is_active:
-            raise PillsnapError(f"runner {self.name} is not active: call activate() or use it in a `with` block")
+            raise PillsnapError(
+                f"runner {self.name} is not active: call activate() or use it in a `with` block"
+            )
         self._check_input(batch)
         start = time.perf_counter()
         out = self._infer(batch)
@@ -72,16 +78,29 @@ class Runner(ABC):
     def _check_input(self, batch: np.ndarray) -> None:
         if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
             got = batch.dtype if isinstance(batch, np.ndarray) else type(batch).__name__
-            raise UserInputError(f"{self.name}: expected a float32 numpy batch, got {got} (use pillsnap.preprocess)")
+            raise UserInputError(
+                f"{self.name}: expected a float32 numpy batch, got {got} (use pillsnap.preprocess)"
+            )
         expected = self.input_shape or [None, 3, None, None]
-        if batch.ndim != 4 or batch.shape[0] == 0 or any(
-                e is not None and e != g for e, g in zip(expected[1:], batch.shape[1:])):
+        if (
+            batch.ndim != 4
+            or batch.shape[0] == 0
+            or any(e is not None and e != g for e, g in zip(expected[1:], batch.shape[1:]))
+        ):
             want = "x".join("?" if e is None else str(e) for e in expected[1:])
-            raise UserInputError(f"{self.name}: expected a batch [N>0, {want.replace('x', ', ')}], got {list(batch.shape)}")
+            raise UserInputError(
+                f"{self.name}: expected a batch [N>0, {want.replace('x', ', ')}], got {list(batch.shape)}"
+            )
 
     def describe(self) -> dict[str, Any]:
         """engine, providers in use, precision, device, model_path (for reports and logs)."""
-        return {"engine": self.engine, "providers": [], "precision": "fp32", "device": "cpu", "model_path": ""}
+        return {
+            "engine": self.engine,
+            "providers": [],
+            "precision": "fp32",
+            "device": "cpu",
+            "model_path": "",
+        }
 
     @abstractmethod
     def _activate(self) -> None: ...
@@ -98,9 +117,15 @@ class TorchRunner(Runner):
 
     engine = "torch"
 
-    def __init__(self, module: torch.nn.Module, device: str = "cpu", fp16: bool = False,
-                 model_path: str | Path | None = None, input_shape: list[int | None] | None = None,
-                 name: str = "torch"):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        device: str = "cpu",
+        fp16: bool = False,
+        model_path: str | Path | None = None,
+        input_shape: list[int | None] | None = None,
+        name: str = "torch",
+    ):
         super().__init__(name, input_shape)
         self.module, self.device, self.fp16 = module, resolve_torch_device(device), fp16
         self.model_path = str(model_path or "")
@@ -109,8 +134,10 @@ class TorchRunner(Runner):
         self.module = self.module.to(self.device).eval()
         if self.fp16:
             if self.device == "cpu":
-                log.warning("%s: fp16 on CPU is slow and not what serving runs; consider runtime.torch_fp16=false",
-                            self.name)
+                log.warning(
+                    "%s: fp16 on CPU is slow and not what serving runs; consider runtime.torch_fp16=false",
+                    self.name,
+                )
             self.module = self.module.half()
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
@@ -124,8 +151,13 @@ class TorchRunner(Runner):
             return out.float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": "torch", "providers": [self.device], "precision": "fp16" if self.fp16 else "fp32",
-                "device": self.device, "model_path": self.model_path}
+        return {
+            "engine": "torch",
+            "providers": [self.device],
+            "precision": "fp16" if self.fp16 else "fp32",
+            "device": self.device,
+            "model_path": self.model_path,
+        }
 
 
 class OnnxRunner(Runner):
@@ -138,8 +170,14 @@ class OnnxRunner(Runner):
 
     engine = "onnxruntime"
 
-    def __init__(self, path: str | Path, runtime_cfg: RuntimeConfig | None = None, tensorrt: bool = False,
-                 expect_metadata: dict[str, str] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        runtime_cfg: RuntimeConfig | None = None,
+        tensorrt: bool = False,
+        expect_metadata: dict[str, str] | None = None,
+        name: str | None = None,
+    ):
         from pillsnap.config import RuntimeConfig
 
         super().__init__(name or Path(path).name)
@@ -152,8 +190,14 @@ class OnnxRunner(Runner):
     def _activate(self) -> None:
         from pillsnap.providers import create_session
 
-        name, shape = self._trt_profile_input() if self.tensorrt or self.runtime_cfg.tensorrt_first else (None, None)
-        self.session = create_session(self.path, self.runtime_cfg, self.tensorrt, input_name=name, input_shape=shape)
+        name, shape = (
+            self._trt_profile_input()
+            if self.tensorrt or self.runtime_cfg.tensorrt_first
+            else (None, None)
+        )
+        self.session = create_session(
+            self.path, self.runtime_cfg, self.tensorrt, input_name=name, input_shape=shape
+        )
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self._check_metadata()
         inp = self.session.get_inputs()[0]
@@ -168,21 +212,35 @@ class OnnxRunner(Runner):
 
         model = onnx.load(str(self.path), load_external_data=False)
         meta = {p.key: p.value for p in model.metadata_props}
-        shape = [int(d) for d in meta[META_INPUT_SHAPE].split(",")] if META_INPUT_SHAPE in meta else None
+        shape = (
+            [int(d) for d in meta[META_INPUT_SHAPE].split(",")]
+            if META_INPUT_SHAPE in meta
+            else None
+        )
         return model.graph.input[0].name, shape
 
     def _check_metadata(self) -> None:
         checked = {k: v for k, v in self.expect_metadata.items() if k in self.metadata}
-        bad = [f"{k}: file has {self.metadata[k]!r}, config expects {v!r}" for k, v in checked.items()
-               if self.metadata[k] != v]
+        bad = [
+            f"{k}: file has {self.metadata[k]!r}, config expects {v!r}"
+            for k, v in checked.items()
+            if self.metadata[k] != v
+        ]
         if bad:
-            raise MetadataMismatchError(f"{self.path} was exported for a different setup:\n  " + "\n  ".join(bad)
-                                        + "\nFix: use the config the model was exported with, or re-export it.")
+            raise MetadataMismatchError(
+                f"{self.path} was exported for a different setup:\n  "
+                + "\n  ".join(bad)
+                + "\nFix: use the config the model was exported with, or re-export it."
+            )
         if self.expect_metadata and not checked:
-            log.warning("%s has no pillsnap metadata; its preprocessing cannot be verified", self.path)
+            log.warning(
+                "%s has no pillsnap metadata; its preprocessing cannot be verified", self.path
+            )
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)})[0]
+        return self.session.run(
+            [self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)}
+        )[0]
 
     def _deactivate(self) -> None:
         self.session = None
@@ -192,8 +250,13 @@ class OnnxRunner(Runner):
         gpu = any(p in providers for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider"))
         trt_fp16 = "TensorrtExecutionProvider" in providers and self.runtime_cfg.tensorrt.fp16
         fp16 = trt_fp16 or getattr(self, "input_dtype", np.float32) == np.float16
-        return {"engine": "onnxruntime", "providers": providers, "precision": "fp16" if fp16 else "fp32",
-                "device": f"cuda:{self.runtime_cfg.cuda.device_id}" if gpu else "cpu", "model_path": str(self.path)}
+        return {
+            "engine": "onnxruntime",
+            "providers": providers,
+            "precision": "fp16" if fp16 else "fp32",
+            "device": f"cuda:{self.runtime_cfg.cuda.device_id}" if gpu else "cpu",
+            "model_path": str(self.path),
+        }
 
 
 def resolve_torch_device(device: str) -> str:
@@ -203,12 +266,18 @@ def resolve_torch_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError(f"runtime.torch_device={device!r} but torch sees no CUDA device; use 'auto' or 'cpu'")
+        raise UserInputError(
+            f"runtime.torch_device={device!r} but torch sees no CUDA device; use 'auto' or 'cpu'"
+        )
     return device
 
 
-def create_runner(engine: Literal["torch", "onnx", "tensorrt"], task: Literal["detection", "classification"],
-                  cfg: Config, model_path: str | Path | None = None) -> Runner:
+def create_runner(
+    engine: Literal["torch", "onnx", "tensorrt"],
+    task: Literal["detection", "classification"],
+    cfg: Config,
+    model_path: str | Path | None = None,
+) -> Runner:
     """Build (not activate) the runner of one engine for one task.
 
     ``torch`` loads the checkpoint from the config unless ``model_path`` is given;
@@ -221,24 +290,45 @@ def create_runner(engine: Literal["torch", "onnx", "tensorrt"], task: Literal["d
     if task not in _TASKS:
         raise UserInputError(f"unknown task {task!r}; expected detection or classification")
     task = _TASKS[task]  # type: ignore[assignment]
-    path = require_path(Path(model_path), "--model", f"the {task} model") if model_path is not None else None
+    path = (
+        require_path(Path(model_path), "--model", f"the {task} model")
+        if model_path is not None
+        else None
+    )
     if engine == "torch":
         if path is not None and path.suffix == ".onnx":
-            raise UserInputError(f"{path} is an ONNX file; run it with --engine onnx (torch needs a .pt checkpoint)")
+            raise UserInputError(
+                f"{path} is an ONNX file; run it with --engine onnx (torch needs a .pt checkpoint)"
+            )
         from pillsnap.models.classifier import load_classification_model
         from pillsnap.models.detector import load_detection_model
 
         load = load_detection_model if task == "detection" else load_classification_model
         module = load(cfg, path)
         path = path or cfg.checkpoint_path(task)
-        shape = None if task == "detection" else [None, 3, cfg.classification.crop_size, cfg.classification.crop_size]
-        return TorchRunner(module, cfg.runtime.torch_device, cfg.runtime.torch_fp16, path, shape, f"torch-{task}")
+        shape = (
+            None
+            if task == "detection"
+            else [None, 3, cfg.classification.crop_size, cfg.classification.crop_size]
+        )
+        return TorchRunner(
+            module, cfg.runtime.torch_device, cfg.runtime.torch_fp16, path, shape, f"torch-{task}"
+        )
     if path is None:
-        raise UserInputError(f"engine {engine!r} needs the {task} ONNX file: pass --model PATH.onnx")
+        raise UserInputError(
+            f"engine {engine!r} needs the {task} ONNX file: pass --model PATH.onnx"
+        )
     if path.suffix != ".onnx":
-        raise UserInputError(f"{path} is not an .onnx file; export it first or use --engine torch for checkpoints")
-    return OnnxRunner(path, cfg.runtime, tensorrt=engine == "tensorrt", expect_metadata=expected_metadata(cfg, task),
-                      name=f"{engine}-{task}")
+        raise UserInputError(
+            f"{path} is not an .onnx file; export it first or use --engine torch for checkpoints"
+        )
+    return OnnxRunner(
+        path,
+        cfg.runtime,
+        tensorrt=engine == "tensorrt",
+        expect_metadata=expected_metadata(cfg, task),
+        name=f"{engine}-{task}",
+    )
 
 
 def expected_metadata(cfg: Config, task: str) -> dict[str, str]:
@@ -247,19 +337,32 @@ def expected_metadata(cfg: Config, task: str) -> dict[str, str]:
     from pillsnap.preprocess import PreprocessSpec
 
     if task == "detection":
-        return {common.META_TASK: "detection", common.META_NUM_CLASSES: str(cfg.detection.num_classes),
-                common.META_LETTERBOX_IMGSZ: str(cfg.detection.imgsz)}
-    return {common.META_TASK: "classification", common.META_NUM_CLASSES: str(cfg.classification.num_classes),
-            **PreprocessSpec.from_config(cfg.classification).to_metadata()}
+        return {
+            common.META_TASK: "detection",
+            common.META_NUM_CLASSES: str(cfg.detection.num_classes),
+            common.META_LETTERBOX_IMGSZ: str(cfg.detection.imgsz),
+        }
+    return {
+        common.META_TASK: "classification",
+        common.META_NUM_CLASSES: str(cfg.classification.num_classes),
+        **PreprocessSpec.from_config(cfg.classification).to_metadata(),
+    }
 
 
-def _infer_once(engine: Literal["torch", "onnx", "tensorrt"], cfg: Config, task: str, batch: np.ndarray,
-                model_path: str | Path | None) -> np.ndarray:
+def _infer_once(
+    engine: Literal["torch", "onnx", "tensorrt"],
+    cfg: Config,
+    task: str,
+    batch: np.ndarray,
+    model_path: str | Path | None,
+) -> np.ndarray:
     with create_runner(engine, task, cfg, model_path) as runner:  # type: ignore[arg-type]
         return runner.infer(batch)
 
 
-def infer_torch(cfg: Config, task: str, batch: np.ndarray, model_path: str | Path | None = None) -> np.ndarray:
+def infer_torch(
+    cfg: Config, task: str, batch: np.ndarray, model_path: str | Path | None = None
+) -> np.ndarray:
     """One-shot Torch inference (spec E-9); keep a runner for repeated calls."""
     return _infer_once("torch", cfg, task, batch, model_path)
 

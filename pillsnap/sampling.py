@@ -90,8 +90,10 @@ class Sample:
 
     def summary(self) -> str:
         unit = "classes" if self.task == "classification" else "pill-count strata"
-        return (f"{self.task} sample ({self.mode}): {self.sampled_images} images from {self.sampled_classes} {unit} "
-                f"(asked {self.requested}); {len(self.skipped)} skipped")
+        return (
+            f"{self.task} sample ({self.mode}): {self.sampled_images} images from {self.sampled_classes} {unit} "
+            f"(asked {self.requested}); {len(self.skipped)} skipped"
+        )
 
 
 # -- dataset indexes ---------------------------------------------------------------------------
@@ -121,8 +123,10 @@ def index_classification(data_root: str | Path, class_map: ClassMap) -> DatasetI
     root = Path(data_root)
     val = root / "val"
     if not val.is_dir():
-        raise MissingPathError(f"classification validation folder not found: {val} (config key "
-                               f"`paths.classification_data` must hold val/<class_dir>/); regenerate it with `pillsnap synth`")
+        raise MissingPathError(
+            f"classification validation folder not found: {val} (config key "
+            f"`paths.classification_data` must hold val/<class_dir>/); regenerate it with `pillsnap synth`"
+        )
     index = DatasetIndex(val, {})
     by_dir = class_map.index_of_dir()
     unknown = []
@@ -136,15 +140,21 @@ def index_classification(data_root: str | Path, class_map: ClassMap) -> DatasetI
             continue
         index.groups[by_dir[folder.name]] = images
     if unknown:
-        index.notes.append(f"{len(unknown)} val folder(s) not in the class map were ignored: {', '.join(unknown[:5])}")
+        index.notes.append(
+            f"{len(unknown)} val folder(s) not in the class map were ignored: {', '.join(unknown[:5])}"
+        )
     missing = len(class_map) - len(index.groups) - len(index.empty_classes)
     if missing > 0:
         index.notes.append(f"{missing} of {len(class_map)} classes have no val folder")
     if index.empty_classes:
-        index.notes.append(f"{len(index.empty_classes)} class folder(s) are empty: {', '.join(index.empty_classes[:5])}")
+        index.notes.append(
+            f"{len(index.empty_classes)} class folder(s) are empty: {', '.join(index.empty_classes[:5])}"
+        )
     if not index.groups:
-        raise DataError(f"no validation images under {val}: expected val/<class_dir>/*.jpg with class_dir from the class map "
-                        f"(e.g. {next(iter(by_dir), 'c0000')}); regenerate the data with `pillsnap synth`")
+        raise DataError(
+            f"no validation images under {val}: expected val/<class_dir>/*.jpg with class_dir from the class map "
+            f"(e.g. {next(iter(by_dir), 'c0000')}); regenerate the data with `pillsnap synth`"
+        )
     return index
 
 
@@ -154,22 +164,35 @@ def detection_val_images(data_yaml: str | Path) -> list[Path]:
 
     data_yaml = Path(data_yaml)
     if not data_yaml.is_file():
-        raise MissingPathError(f"detection data YAML not found: {data_yaml} (config key `paths.detection_data`)")
+        raise MissingPathError(
+            f"detection data YAML not found: {data_yaml} (config key `paths.detection_data`)"
+        )
     spec = yaml.safe_load(data_yaml.read_text()) or {}
     if "val" not in spec:
-        raise DataError(f"{data_yaml} has no `val` entry; expected an Ultralytics data YAML with path/train/val/names")
+        raise DataError(
+            f"{data_yaml} has no `val` entry; expected an Ultralytics data YAML with path/train/val/names"
+        )
     base = Path(spec.get("path") or data_yaml.parent)
     base = base if base.is_absolute() else (data_yaml.parent / base)
     images: list[Path] = []
     for entry in spec["val"] if isinstance(spec["val"], list) else [spec["val"]]:
         p = Path(entry) if Path(entry).is_absolute() else base / entry
         if p.is_dir():
-            images += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            images += sorted(
+                q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES
+            )
         elif p.suffix == ".txt" and p.is_file():
-            images += [(base / line.strip()) if not Path(line.strip()).is_absolute() else Path(line.strip())
-                       for line in p.read_text().splitlines() if line.strip()]
+            images += [
+                (base / line.strip())
+                if not Path(line.strip()).is_absolute()
+                else Path(line.strip())
+                for line in p.read_text().splitlines()
+                if line.strip()
+            ]
         else:
-            raise MissingPathError(f"detection val entry {entry!r} of {data_yaml} does not exist (looked for {p})")
+            raise MissingPathError(
+                f"detection val entry {entry!r} of {data_yaml} does not exist (looked for {p})"
+            )
     return images
 
 
@@ -209,8 +232,10 @@ def index_detection(data_yaml: str | Path) -> DatasetIndex:
         index.groups[min(n, MAX_PILL_STRATUM)].append(image)
     index.groups = dict(index.groups)
     if not index.groups:
-        raise DataError(f"no validation photos found for {data_yaml}; expected images under its `val` entry "
-                        f"and YOLO labels next to them (images/ -> labels/)")
+        raise DataError(
+            f"no validation photos found for {data_yaml}; expected images under its `val` entry "
+            f"and YOLO labels next to them (images/ -> labels/)"
+        )
     return index
 
 
@@ -249,7 +274,9 @@ def _take_readable(paths: list[Path], k: int, skipped: list[SkippedFile]) -> lis
     return chosen
 
 
-def sample_dataset(index: DatasetIndex, cfg: CompareConfig, task: str, mode: str | None = None) -> Sample:
+def sample_dataset(
+    index: DatasetIndex, cfg: CompareConfig, task: str, mode: str | None = None
+) -> Sample:
     """Draw the base sample of ``index`` for ``mode`` (default ``cfg.mode``); see the module doc."""
     mode = mode or cfg.mode
     rng = random.Random(f"{cfg.seed}:{task}:{mode}")
@@ -261,7 +288,18 @@ def sample_dataset(index: DatasetIndex, cfg: CompareConfig, task: str, mode: str
     if mode == "full":
         items = [SampleItem(p, k) for k in sorted(index.groups) for p in index.groups[k]]
         policy = "full: every validation image, decoded batch by batch"
-        return Sample(task, mode, policy, items, n_avail, n_avail, len(groups), notes, skipped, list(index.empty_classes))
+        return Sample(
+            task,
+            mode,
+            policy,
+            items,
+            n_avail,
+            n_avail,
+            len(groups),
+            notes,
+            skipped,
+            list(index.empty_classes),
+        )
     if mode == "smoke" or (mode == "coverage" and task == "detection"):
         if mode == "smoke":
             requested = cfg.sample_count if task == "classification" else cfg.detection_sample_count
@@ -276,16 +314,32 @@ def sample_dataset(index: DatasetIndex, cfg: CompareConfig, task: str, mode: str
         raise DataError(f"unknown compare mode {mode!r}; expected smoke, coverage or full")
     items = [SampleItem(p, k) for k in sorted(chosen) for p in chosen[k]]
     if not items:
-        raise DataError(f"none of the {n_avail} {task} validation images under {index.root} is readable "
-                        f"(first problems: {'; '.join(f'{s.path}: {s.reason}' for s in skipped[:3])})")
+        raise DataError(
+            f"none of the {n_avail} {task} validation images under {index.root} is readable "
+            f"(first problems: {'; '.join(f'{s.path}: {s.reason}' for s in skipped[:3])})"
+        )
     if len(items) < requested:
-        notes.append(f"sampled {len(items)} of {requested} requested images: dataset has only {n_avail} images in "
-                     f"{len(groups)} {unit}" + (f", {len(skipped)} unreadable" if skipped else ""))
-    return Sample(task, mode, policy, items, requested, n_avail, len(groups), notes, skipped, list(index.empty_classes))
+        notes.append(
+            f"sampled {len(items)} of {requested} requested images: dataset has only {n_avail} images in "
+            f"{len(groups)} {unit}" + (f", {len(skipped)} unreadable" if skipped else "")
+        )
+    return Sample(
+        task,
+        mode,
+        policy,
+        items,
+        requested,
+        n_avail,
+        len(groups),
+        notes,
+        skipped,
+        list(index.empty_classes),
+    )
 
 
-def _round_robin(groups: dict[int, list[Path]], requested: int, rng: random.Random,
-                 skipped: list[SkippedFile]) -> dict[int, list[Path]]:
+def _round_robin(
+    groups: dict[int, list[Path]], requested: int, rng: random.Random, skipped: list[SkippedFile]
+) -> dict[int, list[Path]]:
     """One readable image per stratum per round, strata in a shuffled order, until ``requested``."""
     order = rng.sample(sorted(groups), len(groups))
     chosen: dict[int, list[Path]] = defaultdict(list)
@@ -304,25 +358,38 @@ def _round_robin(groups: dict[int, list[Path]], requested: int, rng: random.Rand
     return chosen
 
 
-def _coverage(groups: dict[int, list[Path]], cfg: CompareConfig, rng: random.Random, skipped: list[SkippedFile],
-              notes: list[str]) -> tuple[dict[int, list[Path]], int, str]:
+def _coverage(
+    groups: dict[int, list[Path]],
+    cfg: CompareConfig,
+    rng: random.Random,
+    skipped: list[SkippedFile],
+    notes: list[str],
+) -> tuple[dict[int, list[Path]], int, str]:
     n_avail = len(groups)
     n_classes = min(n_avail, max(cfg.min_classes, cfg.max_total // cfg.per_class_k))
     if n_classes > cfg.max_total:
-        notes.append(f"max_total={cfg.max_total} caps the sample below min_classes={cfg.min_classes}")
+        notes.append(
+            f"max_total={cfg.max_total} caps the sample below min_classes={cfg.min_classes}"
+        )
         n_classes = cfg.max_total
     k = max(1, min(cfg.per_class_k, cfg.max_total // n_classes))
     if k < cfg.per_class_k:
-        notes.append(f"per_class_k lowered from {cfg.per_class_k} to {k} to reach {n_classes} classes within max_total={cfg.max_total}")
+        notes.append(
+            f"per_class_k lowered from {cfg.per_class_k} to {k} to reach {n_classes} classes within max_total={cfg.max_total}"
+        )
     if n_avail < cfg.min_classes:
-        notes.append(f"dataset has only {n_avail} classes with val images (min_classes={cfg.min_classes})")
+        notes.append(
+            f"dataset has only {n_avail} classes with val images (min_classes={cfg.min_classes})"
+        )
     classes = sorted(rng.sample(sorted(groups), n_classes))
     chosen = {c: _take_readable(groups[c], k, skipped) for c in classes}
     short = [c for c in classes if len(chosen[c]) < k]
     if short:
         notes.append(f"{len(short)} class(es) had fewer than {k} readable val images")
-    policy = (f"coverage: {k} per class over {n_classes} classes (min_classes={cfg.min_classes}, "
-              f"max_total={cfg.max_total}), seed {cfg.seed}")
+    policy = (
+        f"coverage: {k} per class over {n_classes} classes (min_classes={cfg.min_classes}, "
+        f"max_total={cfg.max_total}), seed {cfg.seed}"
+    )
     return {c: v for c, v in chosen.items() if v}, n_classes * k, policy
 
 
@@ -333,7 +400,9 @@ def bin_label(lo: float, hi: float, last: bool) -> str:
     return f"hard[{lo:.2f},{hi:.2f}{']' if last else ')'}"
 
 
-def hardness_candidates(index: DatasetIndex, sample: Sample, cfg: CompareConfig) -> list[SampleItem]:
+def hardness_candidates(
+    index: DatasetIndex, sample: Sample, cfg: CompareConfig
+) -> list[SampleItem]:
     """A stratified random pool of not-yet-sampled images for the Torch model to score.
 
     Empty in full mode (everything is compared anyway) or when ``hard_per_bin`` is 0.
@@ -344,8 +413,10 @@ def hardness_candidates(index: DatasetIndex, sample: Sample, cfg: CompareConfig)
     pool_size = HARD_POOL_FACTOR * n_bins * cfg.hard_per_bin
     taken = {it.path for it in sample.items} | {Path(s.path) for s in sample.skipped}
     rng = random.Random(f"{cfg.seed}:hard:{sample.task}")
-    rest = {k: rng.sample([p for p in v if p not in taken], len([p for p in v if p not in taken]))
-            for k, v in sorted(index.groups.items())}
+    rest = {
+        k: rng.sample([p for p in v if p not in taken], len([p for p in v if p not in taken]))
+        for k, v in sorted(index.groups.items())
+    }
     order = rng.sample(sorted(rest), len(rest))
     pool: list[SampleItem] = []
     for round_ in range(max((len(v) for v in rest.values()), default=0)):
@@ -357,8 +428,9 @@ def hardness_candidates(index: DatasetIndex, sample: Sample, cfg: CompareConfig)
     return pool
 
 
-def add_hard_cases(sample: Sample, candidates: list[SampleItem], top1_prob: np.ndarray,
-                   cfg: CompareConfig) -> list[SampleItem]:
+def add_hard_cases(
+    sample: Sample, candidates: list[SampleItem], top1_prob: np.ndarray, cfg: CompareConfig
+) -> list[SampleItem]:
     """Add up to ``hard_per_bin`` candidates per Torch top-1 probability bin to ``sample``.
 
     Returns the added items (in sample order); ``sample.hardness`` records, per bin,
@@ -378,7 +450,9 @@ def add_hard_cases(sample: Sample, candidates: list[SampleItem], top1_prob: np.n
         sample.hardness[label] = {"candidates": len(inside), "added": len(pick)}
         added += [SampleItem(candidates[i].path, candidates[i].label, label) for i in pick]
         if len(pick) < cfg.hard_per_bin:
-            sample.notes.append(f"{label}: {len(inside)} of {len(candidates)} scored candidates fell in this bin "
-                                f"({len(pick)} added of {cfg.hard_per_bin} asked)")
+            sample.notes.append(
+                f"{label}: {len(inside)} of {len(candidates)} scored candidates fell in this bin "
+                f"({len(pick)} added of {cfg.hard_per_bin} asked)"
+            )
     sample.items.extend(added)
     return added

@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 TIMESTAMP_FORMAT = "%Y%m%d-%H%M%S"
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def utc_timestamp(when: datetime | None = None) -> str:
-    return (when or utc_now()).astimezone(timezone.utc).strftime(TIMESTAMP_FORMAT)
+    return (when or utc_now()).astimezone(UTC).strftime(TIMESTAMP_FORMAT)
 
 
 def iso_utc(when: datetime | None = None) -> str:
     """ISO 8601 with a ``Z`` suffix, second precision (``exported_at_utc``)."""
-    return (when or utc_now()).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (when or utc_now()).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _git(args: list[str], cwd: Path | None) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()

@@ -17,29 +17,67 @@ _TS = "2025-01-01T00:00:00Z"
 def _compare(task: str, mse: float | None) -> dict[str, Any]:
     cls = task == "classification"
     return {
-        "mode": "smoke", "sample_policy": "stratified", "sample_count": 8, "per_class_k": 1,
-        "min_classes": 1, "max_total": 8, "sampled_classes": 4, "sampled_images": 8,
-        "mse_mean": mse if cls else None, "mse_p99": mse if cls else None,
-        "top1_match_rate": 1.0 if cls else None, "top1_mismatch_count": 0 if cls else None,
-        "failed": False, "failure_reason": None,
+        "mode": "smoke",
+        "sample_policy": "stratified",
+        "sample_count": 8,
+        "per_class_k": 1,
+        "min_classes": 1,
+        "max_total": 8,
+        "sampled_classes": 4,
+        "sampled_images": 8,
+        "mse_mean": mse if cls else None,
+        "mse_p99": mse if cls else None,
+        "top1_match_rate": 1.0 if cls else None,
+        "top1_mismatch_count": 0 if cls else None,
+        "failed": False,
+        "failure_reason": None,
         "deltas": {"map_0_5": None if cls else 0.0, "map_0_5_0_95": None if cls else 0.0},
-        "notes": [], "precision": "fp32", "at_risk_count": 0 if cls else None, "metrics": {},
-        "gates": [], "strict": {"failed": False, "reason": None}, "likely_causes": [],
-        "per_class_mismatch_top10": [], "borderline_cases": [], "hardness_bins": {}, "thresholds": {},
-        "skipped_count": 0, "skipped_files": [], "empty_classes": [], "seed": 0,
+        "notes": [],
+        "precision": "fp32",
+        "at_risk_count": 0 if cls else None,
+        "metrics": {},
+        "gates": [],
+        "strict": {"failed": False, "reason": None},
+        "likely_causes": [],
+        "per_class_mismatch_top10": [],
+        "borderline_cases": [],
+        "hardness_bins": {},
+        "thresholds": {},
+        "skipped_count": 0,
+        "skipped_files": [],
+        "empty_classes": [],
+        "seed": 0,
     }
 
 
 def _model(task: str, mse: float | None) -> dict[str, Any]:
     size = 384 if task == "classification" else 640
     return {
-        "task": task, "backbone": "tiny", "num_classes": 4, "ckpt_path": f"/exp/{task}_best.pt",
-        "ckpt_sha256": None, "onnx_path": f"/runs/t/{task}-t.onnx", "onnx_sha256": "0" * 64,
-        "exported_at_utc": _TS, "git_sha": "nogit", "input_shape": [1, 3, size, size], "opset": 17,
-        "dynamic_axes": {"input": {"0": "batch"}}, "input_names": ["input"], "output_names": ["output"],
-        "params_million": 0.1, "providers": ["CPUExecutionProvider"], "torch_device": "cpu", "metadata": {},
+        "task": task,
+        "backbone": "tiny",
+        "num_classes": 4,
+        "ckpt_path": f"/exp/{task}_best.pt",
+        "ckpt_sha256": None,
+        "onnx_path": f"/runs/t/{task}-t.onnx",
+        "onnx_sha256": "0" * 64,
+        "exported_at_utc": _TS,
+        "git_sha": "nogit",
+        "input_shape": [1, 3, size, size],
+        "opset": 17,
+        "dynamic_axes": {"input": {"0": "batch"}},
+        "input_names": ["input"],
+        "output_names": ["output"],
+        "params_million": 0.1,
+        "providers": ["CPUExecutionProvider"],
+        "torch_device": "cpu",
+        "metadata": {},
         "postprocess": {
-            "nms": {"conf_threshold": 0.3, "iou_threshold": 0.5, "max_detections": 100, "class_agnostic": False},
+            "nms": {
+                "conf_threshold": 0.3,
+                "iou_threshold": 0.5,
+                "max_detections": 100,
+                "class_agnostic": False,
+            },
             "applied_in": "python_common",
             "map_eval": {"conf_threshold": 0.001, "iou_threshold": 0.7, "max_detections": 300},
         },
@@ -49,16 +87,34 @@ def _model(task: str, mse: float | None) -> dict[str, Any]:
 
 def example_report(mse: float = 1e-9) -> dict[str, Any]:
     report = {
-        "schema_version": 1, "version_tag": "t", "git_sha": "nogit", "git_dirty": None,
-        "exported_at_utc": _TS, "compared_at_utc": _TS, "failed": False, "failure_reason": None,
-        "models": {"detection": _model("detection", None), "classification": _model("classification", mse)},
+        "schema_version": 1,
+        "version_tag": "t",
+        "git_sha": "nogit",
+        "git_dirty": None,
+        "exported_at_utc": _TS,
+        "compared_at_utc": _TS,
+        "failed": False,
+        "failure_reason": None,
+        "models": {
+            "detection": _model("detection", None),
+            "classification": _model("classification", mse),
+        },
         "end_to_end": {"compared": False, "note": "fake"},
-        "verdict": {"failed": False, "failure_reason": None, "failed_checks": [], "summary": "passed",
-                    "strict": {"failed": False, "reason": None}, "likely_causes": []},
+        "verdict": {
+            "failed": False,
+            "failure_reason": None,
+            "failed_checks": [],
+            "summary": "passed",
+            "strict": {"failed": False, "reason": None},
+            "likely_causes": [],
+        },
         "environment": {"python": "3.11", "platform": "test", "libraries": {}},
-        "config": {}, "timing": {},
+        "config": {},
+        "timing": {},
     }
     problems = validate_report(report)
     if problems:
-        raise AssertionError("tests/_report_example.py no longer matches the report schema:\n" + "\n".join(problems))
+        raise AssertionError(
+            "tests/_report_example.py no longer matches the report schema:\n" + "\n".join(problems)
+        )
     return report

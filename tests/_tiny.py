@@ -28,8 +28,11 @@ LOW_CONF = {"postprocess.nms.conf_threshold": 0.001, "postprocess.nms.max_detect
 
 def demo_available() -> bool:
     ckpts = DEMO / "checkpoints"
-    return (DEMO / "config.yaml").exists() and (ckpts / "detection_best.pt").exists() and \
-        (ckpts / "classification_best.pt").exists()
+    return (
+        (DEMO / "config.yaml").exists()
+        and (ckpts / "detection_best.pt").exists()
+        and (ckpts / "classification_best.pt").exists()
+    )
 
 
 def experiment_config(root: Path) -> Config:
@@ -52,10 +55,15 @@ def build_tiny_experiment(root: Path, seed: int = 0) -> Config:
     torch.manual_seed(seed)
     det, cls = TINY["detection"], TINY["classification"]
     ckpts = root / "checkpoints"
-    save_detection_checkpoint(ckpts / "detection_best.pt", build_detection_model(det["architecture"], 1), det["imgsz"])
+    save_detection_checkpoint(
+        ckpts / "detection_best.pt", build_detection_model(det["architecture"], 1), det["imgsz"]
+    )
     model = build_classification_model(cls["backbone"], cls["num_classes"])
-    save_classification_checkpoint(ckpts / "classification_best.pt", model,
-                                   {"backbone": cls["backbone"], "num_classes": cls["num_classes"]})
+    save_classification_checkpoint(
+        ckpts / "classification_best.pt",
+        model,
+        {"backbone": cls["backbone"], "num_classes": cls["num_classes"]},
+    )
     tiny_class_map(cls["num_classes"]).save(root / "class_map.json")
     raw = {"paths": {"exp_dir": ".", "out_dir": "runs"}, **TINY}
     (root / "config.yaml").write_text(yaml.safe_dump(raw))
@@ -63,7 +71,10 @@ def build_tiny_experiment(root: Path, seed: int = 0) -> Config:
 
 
 def tiny_class_map(n: int) -> ClassMap:
-    return ClassMap([PillClass(i, f"c{i:04d}", f"99{i:07d}", f"pill {i}") for i in range(n)], {"synthetic": True})
+    return ClassMap(
+        [PillClass(i, f"c{i:04d}", f"99{i:07d}", f"pill {i}") for i in range(n)],
+        {"synthetic": True},
+    )
 
 
 def low_conf(cfg: Config) -> Config:
@@ -89,6 +100,8 @@ def write_photos(folder: Path, count: int, seed: int = 0) -> list[Path]:
     paths = []
     for i in range(count):
         path = folder / f"photo_{i}.jpg"
-        Image.fromarray(pill_photo(seed=seed + i, width=320 - 16 * i, height=240 + 8 * i)).save(path, quality=92)
+        Image.fromarray(pill_photo(seed=seed + i, width=320 - 16 * i, height=240 + 8 * i)).save(
+            path, quality=92
+        )
         paths.append(path)
     return paths

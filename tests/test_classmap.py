@@ -7,8 +7,13 @@ from pillsnap.exceptions import DataError, MissingPathError
 
 
 def _map(n=3):
-    return ClassMap([PillClass(i, f"c{i:04d}", f"99000{i:04d}", f"pill {i}", "round", ("white",), "AB")
-                     for i in range(n)], {"synthetic": True})
+    return ClassMap(
+        [
+            PillClass(i, f"c{i:04d}", f"99000{i:04d}", f"pill {i}", "round", ("white",), "AB")
+            for i in range(n)
+        ],
+        {"synthetic": True},
+    )
 
 
 def test_roundtrip_and_digest(tmp_path):

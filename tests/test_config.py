@@ -30,7 +30,9 @@ def test_relative_paths_resolve_against_config_file(tmp_path):
 
 
 def test_dotted_overrides_are_typed(tmp_path):
-    cfg = load_config(ROOT / "config.yaml", ["export.opset=18", "compare.mode=smoke", "paths.out_dir=x"])
+    cfg = load_config(
+        ROOT / "config.yaml", ["export.opset=18", "compare.mode=smoke", "paths.out_dir=x"]
+    )
     assert cfg.export.opset == 18 and cfg.compare.mode == "smoke"
     assert cfg.paths.out_dir == Path("x").resolve()
     again = apply_overrides(cfg, {"classification.img_size": 256})
@@ -80,7 +82,9 @@ def test_missing_checkpoint_names_path_and_key(tmp_path):
     with pytest.raises(MissingPathError) as err:
         cfg.checkpoint_path("classification")
     msg = str(err.value)
-    assert str(tmp_path / "checkpoints" / "classification_best.pt") in msg and "paths.exp_dir" in msg
+    assert (
+        str(tmp_path / "checkpoints" / "classification_best.pt") in msg and "paths.exp_dir" in msg
+    )
 
 
 def test_export_input_shape_sets_model_size():
@@ -96,9 +100,11 @@ def test_snapshot_round_trips():
 
 
 def test_export_input_shape_carries_an_explicit_crop_along():
-    cfg = Config.model_validate({
-        "classification": {"img_size": 128, "preprocessing": {"resize": 146, "crop": 128}},
-        "export": {"classification_input_shape": [1, 3, 256, 256]},
-    })
+    cfg = Config.model_validate(
+        {
+            "classification": {"img_size": 128, "preprocessing": {"resize": 146, "crop": 128}},
+            "export": {"classification_input_shape": [1, 3, 256, 256]},
+        }
+    )
     assert cfg.classification.crop_size == 256 and cfg.classification.img_size == 256
     assert cfg.classification.resize_size == 292  # crop_pct 128/146 kept

@@ -53,7 +53,10 @@ def test_logit_fit_recovers_a_scaled_layer():
 def test_gates_decide_and_name_a_passing_tolerance():
     c = gates.check("classification.mse_mean", 3.2e-3, 1e-4, "<=", 1e-6)
     assert not c.passed and c.would_pass_at == 5e-3 and c.strict_passed is False
-    assert c.describe() == "classification.mse_mean = 0.0032, limit <= 0.0001 (would pass with <= 0.005)"
+    assert (
+        c.describe()
+        == "classification.mse_mean = 0.0032, limit <= 0.0001 (would pass with <= 0.005)"
+    )
     assert gates.check("d", -0.02, 0.01, "|<=|").would_pass_at == 0.02
     assert gates.check("e", 0.97, 0.99, ">=").would_pass_at == 0.97
     nan = gates.check("f", float("nan"), 1.0)
@@ -61,16 +64,26 @@ def test_gates_decide_and_name_a_passing_tolerance():
 
 
 def test_fp16_uses_relaxed_limits():
-    metrics = {"mse_mean": 3e-4, "mse_p99": 1e-4, "top1_mismatch_rate": 0.015, "rel_logit_diff_p99": 1e-2}
+    metrics = {
+        "mse_mean": 3e-4,
+        "mse_p99": 1e-4,
+        "top1_mismatch_rate": 0.015,
+        "rel_logit_diff_p99": 1e-2,
+    }
     g = GatesConfig()
     assert not all(c.passed for c in gates.classification_checks(metrics, g, "fp32"))
     assert all(c.passed for c in gates.classification_checks(metrics, g, "fp16"))
 
 
 def test_verdict_failure_reason_lists_every_failed_metric_and_cause():
-    checks = [gates.check("classification.mse_mean", 1e-3, 1e-4), gates.check("classification.mse_p99", 1e-2, 5e-4),
-              gates.check("detection.iou_diff_p95", 0.0, 0.01)]
-    v = gates.Verdict(checks, [{"model": "classification", "title": "normalisation", "evidence": "x"}])
+    checks = [
+        gates.check("classification.mse_mean", 1e-3, 1e-4),
+        gates.check("classification.mse_p99", 1e-2, 5e-4),
+        gates.check("detection.iou_diff_p95", 0.0, 0.01),
+    ]
+    v = gates.Verdict(
+        checks, [{"model": "classification", "title": "normalisation", "evidence": "x"}]
+    )
     reason = v.failure_reason()
     assert v.failed and "mse_mean" in reason and "mse_p99" in reason and "normalisation" in reason
     assert v.failure_reason("detection") is None
@@ -81,7 +94,9 @@ def test_verdict_failure_reason_lists_every_failed_metric_and_cause():
 
 def test_box_iou_and_matching():
     a = np.array([[0, 0, 10, 10, 0.9, 0], [20, 20, 30, 30, 0.8, 0]], np.float32)
-    b = np.array([[21, 20, 31, 30, 0.8, 0], [0, 0, 10, 10, 0.9, 0], [50, 50, 60, 60, 0.5, 0]], np.float32)
+    b = np.array(
+        [[21, 20, 31, 30, 0.8, 0], [0, 0, 10, 10, 0.9, 0], [50, 50, 60, 60, 0.5, 0]], np.float32
+    )
     assert box_iou(a[:1], a[:1])[0, 0] == pytest.approx(1.0)
     pairs = match_boxes(a, b)
     assert sorted((i, j) for i, j, _ in pairs) == [(0, 1), (1, 0)]
@@ -93,8 +108,12 @@ def test_box_iou_and_matching():
 def test_map_accumulator():
     gt = np.array([[0, 0, 10, 10], [20, 20, 40, 40]], np.float32)
     perfect, shifted = MapAccumulator(), MapAccumulator()
-    perfect.add(np.array([[0, 0, 10, 10, 0.9, 0], [20, 20, 40, 40, 0.8, 0]], np.float32), np.zeros(2), gt)
-    shifted.add(np.array([[2, 2, 12, 12, 0.9, 0], [20, 20, 40, 40, 0.8, 0]], np.float32), np.zeros(2), gt)
+    perfect.add(
+        np.array([[0, 0, 10, 10, 0.9, 0], [20, 20, 40, 40, 0.8, 0]], np.float32), np.zeros(2), gt
+    )
+    shifted.add(
+        np.array([[2, 2, 12, 12, 0.9, 0], [20, 20, 40, 40, 0.8, 0]], np.float32), np.zeros(2), gt
+    )
     m50, m = perfect.compute()
     assert m50 == pytest.approx(1.0, abs=0.01) and m == pytest.approx(1.0, abs=0.01)
     s50, s = shifted.compute()
@@ -110,32 +129,68 @@ def test_input_stage_fit_names_permutation_affine_and_padding():
     assert fit_input_stage(x[:, ::-1], x)["permutation"] == [2, 1, 0]
     assert fit_input_stage(x[:, ::-1], x)["kind"] == "channel_permutation"
     aff = fit_input_stage(x * 1.5 + 0.2, x)
-    assert aff["kind"] == "affine" and aff["scale"][0] == pytest.approx(1.5) and aff["shift"][1] == pytest.approx(0.2)
+    assert (
+        aff["kind"] == "affine"
+        and aff["scale"][0] == pytest.approx(1.5)
+        and aff["shift"][1] == pytest.approx(0.2)
+    )
     padded = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)))
     assert fit_input_stage(padded, x)["kind"] == "identity"
     assert fit_input_stage(np.tanh(x * 3), x)["kind"] == "other"
 
 
-@pytest.mark.parametrize("stage, metrics, expected", [
-    ({"kind": "channel_permutation", "permutation": [2, 1, 0], "scale": [1] * 3, "shift": [0] * 3},
-     {"rel_logit_diff_p99": 2.0}, "channel_order"),
-    ({"kind": "affine", "permutation": [0, 1, 2], "scale": [1] * 3, "shift": [0.1] * 3},
-     {"rel_logit_diff_p99": 0.3}, "normalisation"),
-    ({"kind": "identity"}, {"rel_logit_diff_p99": 0.3, "top1_mismatch_count": 3, "mismatch_margin_median": 0.4},
-     "conversion"),
-    ({"kind": "identity"}, {"rel_logit_diff_p99": 2e-3, "top1_mismatch_count": 2, "mismatch_margin_median": 0.001},
-     "numeric_precision"),
-])
+@pytest.mark.parametrize(
+    "stage, metrics, expected",
+    [
+        (
+            {
+                "kind": "channel_permutation",
+                "permutation": [2, 1, 0],
+                "scale": [1] * 3,
+                "shift": [0] * 3,
+            },
+            {"rel_logit_diff_p99": 2.0},
+            "channel_order",
+        ),
+        (
+            {"kind": "affine", "permutation": [0, 1, 2], "scale": [1] * 3, "shift": [0.1] * 3},
+            {"rel_logit_diff_p99": 0.3},
+            "normalisation",
+        ),
+        (
+            {"kind": "identity"},
+            {"rel_logit_diff_p99": 0.3, "top1_mismatch_count": 3, "mismatch_margin_median": 0.4},
+            "conversion",
+        ),
+        (
+            {"kind": "identity"},
+            {"rel_logit_diff_p99": 2e-3, "top1_mismatch_count": 2, "mismatch_margin_median": 0.001},
+            "numeric_precision",
+        ),
+    ],
+)
 def test_rank_causes_follows_the_evidence(stage, metrics, expected):
-    ev = diagnose.Evidence("classification", metrics, "fp32", stage, {"torch": 0.0, "onnx": 0.0},
-                           mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    ev = diagnose.Evidence(
+        "classification",
+        metrics,
+        "fp32",
+        stage,
+        {"torch": 0.0, "onnx": 0.0},
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+    )
     causes = diagnose.rank_causes(ev)
     assert causes[0]["cause"] == expected and causes[0]["advice"]
 
 
 def test_detection_postprocessing_and_batch_dependence():
-    ev = diagnose.Evidence("detection", {"raw_box_max_abs_diff": 1e-4, "raw_score_max_abs_diff": 1e-7}, "fp32",
-                           {"kind": "identity"}, {"onnx": 0.0})
+    ev = diagnose.Evidence(
+        "detection",
+        {"raw_box_max_abs_diff": 1e-4, "raw_score_max_abs_diff": 1e-7},
+        "fp32",
+        {"kind": "identity"},
+        {"onnx": 0.0},
+    )
     assert diagnose.rank_causes(ev)[0]["cause"] == "postprocessing"
     ev.batch_consistency = {"onnx": 0.2}
     assert diagnose.rank_causes(ev)[0]["cause"] == "batch_dependence"
@@ -153,10 +208,16 @@ def _pill(box, edi, det_conf=0.9):
 def test_compare_photo_counts_agreement_disagreement_and_borderline():
     from pillsnap.equivalence.end_to_end import compare_photo
 
-    torch_pills = [_pill([0, 0, 10, 10], "990000001"), _pill([20, 20, 30, 30], "990000002"),
-                   _pill([50, 50, 60, 60], "990000003", det_conf=0.305)]
-    onnx_pills = [_pill([0, 0, 10, 10], "990000001"), _pill([20, 20, 30, 30], "990000009"),
-                  _pill([80, 80, 90, 90], "990000004")]
+    torch_pills = [
+        _pill([0, 0, 10, 10], "990000001"),
+        _pill([20, 20, 30, 30], "990000002"),
+        _pill([50, 50, 60, 60], "990000003", det_conf=0.305),
+    ]
+    onnx_pills = [
+        _pill([0, 0, 10, 10], "990000001"),
+        _pill([20, 20, 30, 30], "990000009"),
+        _pill([80, 80, 90, 90], "990000004"),
+    ]
     res = compare_photo(torch_pills, onnx_pills, conf_threshold=0.3)
     assert res["agree"] == 1 and res["borderline"] == 1
     assert {d.get("only_in") for d in res["differ"]} == {None, "onnx"} and len(res["differ"]) == 2
@@ -209,11 +270,39 @@ def test_schema_of_report_is_valid_json_schema():
 
 from _demo_release import demo_release
 
-E3_MODEL = ("backbone", "num_classes", "ckpt_path", "onnx_path", "exported_at_utc", "git_sha", "input_shape", "opset",
-            "dynamic_axes", "params_million", "providers", "postprocess", "compare")
-E3_COMPARE = ("mode", "sample_policy", "sample_count", "per_class_k", "min_classes", "max_total", "sampled_classes",
-              "sampled_images", "mse_mean", "mse_p99", "top1_match_rate", "top1_mismatch_count", "failed",
-              "failure_reason", "deltas", "notes")
+E3_MODEL = (
+    "backbone",
+    "num_classes",
+    "ckpt_path",
+    "onnx_path",
+    "exported_at_utc",
+    "git_sha",
+    "input_shape",
+    "opset",
+    "dynamic_axes",
+    "params_million",
+    "providers",
+    "postprocess",
+    "compare",
+)
+E3_COMPARE = (
+    "mode",
+    "sample_policy",
+    "sample_count",
+    "per_class_k",
+    "min_classes",
+    "max_total",
+    "sampled_classes",
+    "sampled_images",
+    "mse_mean",
+    "mse_p99",
+    "top1_match_rate",
+    "top1_mismatch_count",
+    "failed",
+    "failure_reason",
+    "deltas",
+    "notes",
+)
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +326,9 @@ def smoke_run(release, tmp_path_factory):
 
     Runner.infer = recording
     try:
-        result = run_equivalence(cfg, exports, out_dir=tmp_path_factory.mktemp("smoke"), progress=False)
+        result = run_equivalence(
+            cfg, exports, out_dir=tmp_path_factory.mktemp("smoke"), progress=False
+        )
     finally:
         Runner.infer = original
     return cfg, result, seen
@@ -253,13 +344,23 @@ def test_smoke_run_passes_and_writes_a_schema_valid_report(smoke_run):
     on_disk = json.loads(result.report_path.read_text())
     assert on_disk == json.loads(json.dumps(result.report))
     jsonschema.validate(on_disk, json.loads(SCHEMA_PATH.read_text()))
-    assert not result.failed and on_disk["failed"] is False and on_disk["verdict"]["failure_reason"] is None
+    assert (
+        not result.failed
+        and on_disk["failed"] is False
+        and on_disk["verdict"]["failure_reason"] is None
+    )
     for task in ("classification", "detection"):
         model = on_disk["models"][task]
         assert all(k in model for k in E3_MODEL) and all(k in model["compare"] for k in E3_COMPARE)
         assert model["opset"] == cfg.export.opset and model["providers"] and model["dynamic_axes"]
-        assert model["postprocess"]["applied_in"] == "python_common" and len(model["onnx_sha256"]) == 64
-    cls, det = on_disk["models"]["classification"]["compare"], on_disk["models"]["detection"]["compare"]
+        assert (
+            model["postprocess"]["applied_in"] == "python_common"
+            and len(model["onnx_sha256"]) == 64
+        )
+    cls, det = (
+        on_disk["models"]["classification"]["compare"],
+        on_disk["models"]["detection"]["compare"],
+    )
     assert cls["sampled_images"] >= cfg.compare.sample_count and cls["mse_mean"] < 1e-6
     assert sum(b["added"] for b in cls["hardness_bins"].values()) >= 1
     assert det["deltas"]["map_0_5"] is not None and det["metrics"]["map50_torch"] > 0.5
@@ -272,11 +373,15 @@ def test_hard_cases_reuse_the_torch_outputs(smoke_run):
     sample = result.samples["classification"]
     candidates = sum(b["candidates"] for b in sample.hardness.values())
     torch_images = sum(n for name, n in seen if name == "torch-classification")
-    onnx_images = sum(n for name, n in seen if name.endswith("classification") and not name.startswith("torch"))
+    onnx_images = sum(
+        n for name, n in seen if name.endswith("classification") and not name.startswith("torch")
+    )
     hard = sum(1 for it in sample.items if it.source != "base")
     assert hard >= 1
     # Torch saw each candidate once and each base image once (plus the pipeline's crops); ONNX saw the sample.
-    pipeline_crops = result.end_to_end.metrics["pills"] + result.end_to_end.metrics["borderline_pills"]
+    pipeline_crops = (
+        result.end_to_end.metrics["pills"] + result.end_to_end.metrics["borderline_pills"]
+    )
     assert torch_images <= candidates + (sample.sampled_images - hard) + pipeline_crops
     assert onnx_images >= sample.sampled_images
 
@@ -286,10 +391,24 @@ def test_result_carries_per_sample_data_for_plots(smoke_run):
     _, result, _ = smoke_run
     rows = result.classification_rows
     assert len(rows) == result.samples["classification"].sampled_images
-    assert {"path", "true_class", "mse", "kl", "margin", "top1_match", "at_risk", "torch_top2"} <= set(rows.columns)
+    assert {
+        "path",
+        "true_class",
+        "mse",
+        "kl",
+        "margin",
+        "top1_match",
+        "at_risk",
+        "torch_top2",
+    } <= set(rows.columns)
     assert len(result.detection_iou_diffs) == result.detection.metrics["matched_pairs"]
-    assert result.detection.examples and {"torch", "onnx", "labels"} <= set(result.detection.examples[0])
-    assert len(result.classification.borderline) == result.report["config"]["compare"]["borderline_log_count"]
+    assert result.detection.examples and {"torch", "onnx", "labels"} <= set(
+        result.detection.examples[0]
+    )
+    assert (
+        len(result.classification.borderline)
+        == result.report["config"]["compare"]["borderline_log_count"]
+    )
 
 
 @pytest.mark.slow
@@ -297,11 +416,25 @@ def test_cli_passes_with_exit_code_0(release, tmp_path, capsys):
     from pillsnap.equivalence.cli import main
 
     cfg, exports = release
-    code = main(["--config", str(cfg.source), "--classification-onnx", exports["classification"].onnx_path,
-                 "--detection-onnx", exports["detection"].onnx_path, "--out-dir", str(tmp_path), "--quiet",
-                 f"--set=paths.detection_data={cfg.paths.detection_data}",
-                 f"--set=paths.classification_data={cfg.paths.classification_data}",
-                 "--set", "compare.sample_count=8", "--set", "compare.detection_sample_count=4"])
+    code = main(
+        [
+            "--config",
+            str(cfg.source),
+            "--classification-onnx",
+            exports["classification"].onnx_path,
+            "--detection-onnx",
+            exports["detection"].onnx_path,
+            "--out-dir",
+            str(tmp_path),
+            "--quiet",
+            f"--set=paths.detection_data={cfg.paths.detection_data}",
+            f"--set=paths.classification_data={cfg.paths.classification_data}",
+            "--set",
+            "compare.sample_count=8",
+            "--set",
+            "compare.detection_sample_count=4",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "equivalence passed" in out and (tmp_path / "export_report.json").exists()
 
@@ -316,12 +449,23 @@ def test_map_equals_ultralytics_val(release, tmp_path):
 
     cfg, exports = release
     cfg = apply_overrides(cfg, {"compare.mode": "full"})
-    ours = run_equivalence(cfg, detection_onnx=exports["detection"].onnx_path, out_dir=tmp_path, progress=False)
+    ours = run_equivalence(
+        cfg, detection_onnx=exports["detection"].onnx_path, out_dir=tmp_path, progress=False
+    )
     pp = cfg.postprocess
     val = YOLO(exports["detection"].onnx_path, task="detect").val(
-        data=str(cfg.paths.detection_data), imgsz=cfg.detection.imgsz, batch=1, conf=pp.eval_conf_threshold,
-        iou=pp.eval_iou_threshold, max_det=pp.eval_max_detections, device="cpu", plots=False, verbose=False,
-        project=str(tmp_path / "yolo"), name="val")
+        data=str(cfg.paths.detection_data),
+        imgsz=cfg.detection.imgsz,
+        batch=1,
+        conf=pp.eval_conf_threshold,
+        iou=pp.eval_iou_threshold,
+        max_det=pp.eval_max_detections,
+        device="cpu",
+        plots=False,
+        verbose=False,
+        project=str(tmp_path / "yolo"),
+        name="val",
+    )
     m = ours.detection.metrics
     assert m["photos"] == len(list(Path(cfg.paths.detection_data).parent.glob("images/val/*")))
     assert abs(m["map50_onnx"] - val.box.map50) <= 0.01, (m["map50_onnx"], val.box.map50)
@@ -340,13 +484,22 @@ def test_unreadable_images_are_skipped_and_reported(release, tmp_path):
         dst.mkdir(parents=True)
         for img in sorted(folder.iterdir())[:2]:
             (dst / img.name).symlink_to(img)
-    (tmp_path / "cls" / "val" / folder.name / "truncated.jpg").write_bytes(next(folder.iterdir()).read_bytes()[:300])
+    (tmp_path / "cls" / "val" / folder.name / "truncated.jpg").write_bytes(
+        next(folder.iterdir()).read_bytes()[:300]
+    )
     (tmp_path / "cls" / "val" / folder.name / "zero.jpg").write_bytes(b"")
-    cfg = apply_overrides(cfg, {"paths.classification_data": str(tmp_path / "cls"), "compare.sample_count": 50})
-    result = run_equivalence(cfg, classification_onnx=exports["classification"].onnx_path, out_dir=tmp_path,
-                             progress=False)
+    cfg = apply_overrides(
+        cfg, {"paths.classification_data": str(tmp_path / "cls"), "compare.sample_count": 50}
+    )
+    result = run_equivalence(
+        cfg,
+        classification_onnx=exports["classification"].onnx_path,
+        out_dir=tmp_path,
+        progress=False,
+    )
     compare = result.report["models"]["classification"]["compare"]
-    assert compare["skipped_count"] == 2 and {Path(s["path"]).name for s in compare["skipped_files"]} == \
-        {"truncated.jpg", "zero.jpg"}
+    assert compare["skipped_count"] == 2 and {
+        Path(s["path"]).name for s in compare["skipped_files"]
+    } == {"truncated.jpg", "zero.jpg"}
     assert compare["sampled_images"] == 8 and not result.failed
     assert not result.report["end_to_end"]["compared"]

@@ -26,8 +26,15 @@ from _demo_release import demo_release
 from pillsnap.exceptions import MetadataMismatchError
 
 pytestmark = pytest.mark.slow
-FAST = ["--set", "compare.sample_count=16", "--set", "compare.detection_sample_count=8",
-        "--set", "compare.hard_per_bin=1", "--quiet"]
+FAST = [
+    "--set",
+    "compare.sample_count=16",
+    "--set",
+    "compare.detection_sample_count=8",
+    "--set",
+    "compare.hard_per_bin=1",
+    "--quiet",
+]
 
 
 # -- planting -------------------------------------------------------------------------------------
@@ -43,7 +50,11 @@ def scale_conv(model, which: str, factor: float) -> None:
     convs = _convs(model)
     node = convs[len(convs) // 2] if which == "middle" else convs[-1]
     init = next(i for i in model.graph.initializer if i.name == node.input[1])
-    init.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(init) * factor).astype(np.float32), init.name))
+    init.CopyFrom(
+        numpy_helper.from_array(
+            (numpy_helper.to_array(init) * factor).astype(np.float32), init.name
+        )
+    )
 
 
 def _after_input(model, build: Callable) -> None:
@@ -74,10 +85,14 @@ def shift_normalisation(model, mul: float, add: float) -> None:
     from onnx import helper, numpy_helper
 
     def build(src, dst):
-        inits = [numpy_helper.from_array(np.array(mul, np.float32), "planted_mul"),
-                 numpy_helper.from_array(np.array(add, np.float32), "planted_add")]
-        return [helper.make_node("Mul", [src, "planted_mul"], [src + "_scaled"]),
-                helper.make_node("Add", [src + "_scaled", "planted_add"], [dst])], inits
+        inits = [
+            numpy_helper.from_array(np.array(mul, np.float32), "planted_mul"),
+            numpy_helper.from_array(np.array(add, np.float32), "planted_add"),
+        ]
+        return [
+            helper.make_node("Mul", [src, "planted_mul"], [src + "_scaled"]),
+            helper.make_node("Add", [src + "_scaled", "planted_add"], [dst]),
+        ], inits
 
     _after_input(model, build)
 
@@ -104,10 +119,23 @@ def planted(src: str, folder: Path, edit: Callable) -> Path:
 def compare_cli(cfg_path: Path, task: str, onnx_path: Path, out_dir: Path, cfg, *extra: str) -> int:
     from pillsnap.equivalence.cli import main
 
-    data = [f"--set=paths.detection_data={cfg.paths.detection_data}",
-            f"--set=paths.classification_data={cfg.paths.classification_data}"]
-    return main(["--config", str(cfg_path), f"--{task}-onnx", str(onnx_path), "--out-dir", str(out_dir),
-                 *data, *FAST, *extra])
+    data = [
+        f"--set=paths.detection_data={cfg.paths.detection_data}",
+        f"--set=paths.classification_data={cfg.paths.classification_data}",
+    ]
+    return main(
+        [
+            "--config",
+            str(cfg_path),
+            f"--{task}-onnx",
+            str(onnx_path),
+            "--out-dir",
+            str(out_dir),
+            *data,
+            *FAST,
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -131,15 +159,21 @@ def test_planted_fault_fails_with_the_right_cause(release, tmp_path, task, fault
     assert report["failed"] and compare["failed"] and compare["failure_reason"]
     assert compare["likely_causes"][0]["cause"] == cause, compare["likely_causes"]
     failed = [g for g in compare["gates"] if not g["passed"]]
-    assert failed and all(g["name"] in compare["failure_reason"] or g["name"].split(".")[1] in compare["failure_reason"]
-                          for g in failed)
+    assert failed and all(
+        g["name"] in compare["failure_reason"]
+        or g["name"].split(".")[1] in compare["failure_reason"]
+        for g in failed
+    )
     assert all(g["would_pass_at"] is not None for g in failed)
 
 
-@pytest.mark.parametrize("task, key, value", [
-    ("classification", "preprocess.mean", "0.5,0.5,0.5"),
-    ("detection", "letterbox.imgsz", "640"),
-])
+@pytest.mark.parametrize(
+    "task, key, value",
+    [
+        ("classification", "preprocess.mean", "0.5,0.5,0.5"),
+        ("detection", "letterbox.imgsz", "640"),
+    ],
+)
 def test_metadata_mismatch_is_refused_before_comparing(release, tmp_path, task, key, value):
     from pillsnap.models.common import read_onnx_metadata, write_onnx_metadata
 
@@ -154,7 +188,12 @@ def test_metadata_mismatch_is_refused_before_comparing(release, tmp_path, task, 
     assert not (tmp_path / "out" / "export_report.json").exists()
     from pillsnap.cli import main as pillsnap_main
 
-    assert pillsnap_main(["compare", "--config", str(cfg.source), f"--{task}-onnx", str(path), "--quiet"]) == 2
+    assert (
+        pillsnap_main(
+            ["compare", "--config", str(cfg.source), f"--{task}-onnx", str(path), "--quiet"]
+        )
+        == 2
+    )
 
 
 # -- no false alarm -------------------------------------------------------------------------------
@@ -166,7 +205,13 @@ def test_correct_export_passes_on_any_seed(release, tmp_path, seed):
     from pillsnap.equivalence.run import run_equivalence
 
     cfg, exports = release
-    cfg = apply_overrides(cfg, {"compare.seed": seed, "compare.sample_count": 24, "compare.detection_sample_count": 12})
+    cfg = apply_overrides(
+        cfg,
+        {"compare.seed": seed, "compare.sample_count": 24, "compare.detection_sample_count": 12},
+    )
     result = run_equivalence(cfg, exports, out_dir=tmp_path, progress=False)
     assert not result.failed, result.failure_reason
-    assert result.report["end_to_end"]["compared"] and result.report["end_to_end"]["pill_agreement"] >= 0.99
+    assert (
+        result.report["end_to_end"]["compared"]
+        and result.report["end_to_end"]["pill_agreement"] >= 0.99
+    )

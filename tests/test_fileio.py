@@ -5,7 +5,13 @@ import os
 import pytest
 
 from pillsnap.exceptions import MissingPathError
-from pillsnap.fileio import atomic_write_bytes, find_best_checkpoint, list_checkpoints, save_json, sha256_file
+from pillsnap.fileio import (
+    atomic_write_bytes,
+    find_best_checkpoint,
+    list_checkpoints,
+    save_json,
+    sha256_file,
+)
 
 
 def test_save_json_roundtrip(tmp_path):
@@ -43,10 +49,18 @@ def test_sha256_streams(tmp_path):
 
 
 def test_find_best_checkpoint_rule(tmp_path):
-    for name in ["classification_epoch3.pt", "classification_best.pt", "detection_last.pt", "notes.txt"]:
+    for name in [
+        "classification_epoch3.pt",
+        "classification_best.pt",
+        "detection_last.pt",
+        "notes.txt",
+    ]:
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in list_checkpoints(tmp_path)] == [
-        "classification_best.pt", "classification_epoch3.pt", "detection_last.pt"]
+        "classification_best.pt",
+        "classification_epoch3.pt",
+        "detection_last.pt",
+    ]
     assert find_best_checkpoint(tmp_path, "classification").name == "classification_best.pt"
     assert find_best_checkpoint(tmp_path, "detection").name == "detection_last.pt"
     with pytest.raises(MissingPathError, match="no segmentation checkpoint"):

@@ -42,7 +42,9 @@ def test_project_format_half_checkpoint_loads_as_float32_eval(tiny_cfg):
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
-@pytest.mark.parametrize("layout", ["raw", "state_dict", "model", "module_prefix", "orig_mod_prefix"])
+@pytest.mark.parametrize(
+    "layout", ["raw", "state_dict", "model", "module_prefix", "orig_mod_prefix"]
+)
 def test_common_checkpoint_layouts_load_identically(tiny_cfg, reference_state, tmp_path, layout):
     state = {k: v.clone() for k, v in reference_state.items()}
     wrapped = {
@@ -58,7 +60,9 @@ def test_common_checkpoint_layouts_load_identically(tiny_cfg, reference_state, t
 
 
 def test_wrong_num_classes_names_expected_and_found(tiny_cfg, tmp_path):
-    path = save_classification_checkpoint(tmp_path / "c9.pt", build_classification_model(TINY["classification"]["backbone"], 9), {})
+    path = save_classification_checkpoint(
+        tmp_path / "c9.pt", build_classification_model(TINY["classification"]["backbone"], 9), {}
+    )
     with pytest.raises(CheckpointError) as err:
         load_classification_model(tiny_cfg, path)
     msg = str(err.value)
@@ -68,7 +72,9 @@ def test_wrong_num_classes_names_expected_and_found(tiny_cfg, tmp_path):
 
 def test_wrong_backbone_is_named(tiny_cfg, tmp_path):
     other = build_classification_model("mobilenetv3_small_050", 5)
-    path = save_classification_checkpoint(tmp_path / "mnv3.pt", other, {"backbone": "mobilenetv3_small_050"})
+    path = save_classification_checkpoint(
+        tmp_path / "mnv3.pt", other, {"backbone": "mobilenetv3_small_050"}
+    )
     with pytest.raises(CheckpointError) as err:
         load_classification_model(tiny_cfg, path)
     msg = str(err.value)
@@ -77,7 +83,9 @@ def test_wrong_backbone_is_named(tiny_cfg, tmp_path):
 
 
 def test_partial_module_prefix_is_diagnosed(tiny_cfg, reference_state, tmp_path):
-    state = {(f"module.{k}" if k.startswith("blocks.0") else k): v for k, v in reference_state.items()}
+    state = {
+        (f"module.{k}" if k.startswith("blocks.0") else k): v for k, v in reference_state.items()
+    }
     torch.save(state, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match="`module.` prefix"):
         load_classification_model(tiny_cfg, tmp_path / "partial.pt")
@@ -95,7 +103,9 @@ def test_unreadable_and_missing_checkpoints(tiny_cfg, tmp_path):
 def test_detection_model_is_fused_float_eval_and_returns_raw_head(tiny_cfg):
     model = load_detection_model(tiny_cfg)
     assert not model.training and {p.dtype for p in model.parameters()} == {torch.float32}
-    assert not any(hasattr(m, "bn") for m in model.modules()), "BatchNorm should be fused into the convolutions"
+    assert not any(hasattr(m, "bn") for m in model.modules()), (
+        "BatchNorm should be fused into the convolutions"
+    )
     with torch.inference_mode():
         out = model(torch.zeros(2, 3, 160, 160))
     raw = out[0] if isinstance(out, (tuple, list)) else out
@@ -116,6 +126,8 @@ def test_count_params_in_millions():
 
 def test_class_map_other_than_the_trained_one_is_warned(tiny_cfg, tmp_path, caplog):
     model = build_classification_model(TINY["classification"]["backbone"], 5)
-    path = save_classification_checkpoint(tmp_path / "digest.pt", model, {"class_map_digest": "0" * 64})
+    path = save_classification_checkpoint(
+        tmp_path / "digest.pt", model, {"class_map_digest": "0" * 64}
+    )
     load_classification_model(tiny_cfg, path)
     assert "trained with class map digest 000000000000" in caplog.text

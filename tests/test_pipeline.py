@@ -50,7 +50,9 @@ def test_predictions_have_the_documented_schema(torch_pipeline, photos, demo_cfg
     class_map = ClassMap.load(demo_cfg.paths.class_map_path)
     results = torch_pipeline.predict(photos)
     assert len(results) == len(photos)
-    assert sum(len(r) for r in results) > 0, "LOW_CONF guarantees some boxes even with random weights"
+    assert sum(len(r) for r in results) > 0, (
+        "LOW_CONF guarantees some boxes even with random weights"
+    )
     for photo, pills in zip(photos, results):
         h, w = photo.shape[:2]
         assert len(pills) <= demo_cfg.postprocess.nms.max_detections
@@ -59,20 +61,39 @@ def test_predictions_have_the_documented_schema(torch_pipeline, photos, demo_cfg
             assert isinstance(p, PillPrediction)
             x1, y1, x2, y2 = p.box
             assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
-            assert p.edi_code == class_map.edi_code(p.class_index) and p.name == class_map[p.class_index].name
+            assert (
+                p.edi_code == class_map.edi_code(p.class_index)
+                and p.name == class_map[p.class_index].name
+            )
             assert len(p.top5) == min(5, len(class_map)) and p.top5[0][0] == p.class_index
             assert p.cls_conf == p.top5[0][2] and sum(t[2] for t in p.top5) <= 1 + 1e-6
             d = p.to_dict()
-            assert set(d) == {"box", "det_conf", "class_index", "edi_code", "name", "cls_conf", "top5"}
+            assert set(d) == {
+                "box",
+                "det_conf",
+                "class_index",
+                "edi_code",
+                "name",
+                "cls_conf",
+                "top5",
+            }
             assert set(d["top5"][0]) == {"index", "edi_code", "prob"}
 
 
 def test_crops_of_all_images_are_classified_together(torch_pipeline, photos):
     counting = CountingRunner(torch_pipeline.classifier)
-    pipe = Pipeline(torch_pipeline.detector, counting, torch_pipeline.class_map, torch_pipeline.cfg, batch_size=16)
+    pipe = Pipeline(
+        torch_pipeline.detector,
+        counting,
+        torch_pipeline.class_map,
+        torch_pipeline.cfg,
+        batch_size=16,
+    )
     batched = pipe.predict(photos)
     total = sum(len(r) for r in batched)
-    assert len(counting.batches) == -(-total // 16), "one classifier call per 16 crops, across images"
+    assert len(counting.batches) == -(-total // 16), (
+        "one classifier call per 16 crops, across images"
+    )
     counting.batches.clear()
     naive = pipe.predict(photos, batch_size=1)
     assert len(counting.batches) == total
@@ -86,7 +107,9 @@ def test_accepts_paths_bytes_arrays_and_pil(torch_pipeline, photos, tmp_path):
     Image.fromarray(photos[0]).save(path)
     buf = io.BytesIO()
     Image.fromarray(photos[0]).save(buf, format="PNG")
-    results = torch_pipeline.predict([path, str(path), buf.getvalue(), photos[0], Image.fromarray(photos[0])])
+    results = torch_pipeline.predict(
+        [path, str(path), buf.getvalue(), photos[0], Image.fromarray(photos[0])]
+    )
     boxes = [[p.box for p in r] for r in results]
     assert boxes[0] and all(len(b) == len(boxes[0]) for b in boxes)
     for b in boxes[1:]:  # the last image runs in a batch of its own: float noise only
@@ -98,7 +121,9 @@ def test_onnx_pipeline_matches_torch(torch_pipeline, photos, demo_cfg):
     from pillsnap.export import export_models
 
     res = export_models(demo_cfg, demo_cfg.paths.out_dir, tag="pipe")
-    with Pipeline.from_config(demo_cfg, "onnx", res["detection"].onnx_path, res["classification"].onnx_path) as pipe:
+    with Pipeline.from_config(
+        demo_cfg, "onnx", res["detection"].onnx_path, res["classification"].onnx_path
+    ) as pipe:
         onnx_results = pipe.predict(photos)
     for t, o in zip(torch_pipeline.predict(photos), onnx_results):
         assert len(t) == len(o)
@@ -115,7 +140,9 @@ def test_class_map_digest_pinned_in_onnx_is_checked(torch_pipeline, demo_cfg):
     n = demo_cfg.classification.num_classes
     other = tiny_class_map(n)
     other.classes[0] = type(other.classes[0])(0, "c0000", "990000099", "renamed")
-    torch_pipeline.classifier.metadata = {"pillsnap.class_map_digest": torch_pipeline.class_map.digest()}
+    torch_pipeline.classifier.metadata = {
+        "pillsnap.class_map_digest": torch_pipeline.class_map.digest()
+    }
     try:
         with pytest.raises(MetadataMismatchError, match="class map digest"):
             Pipeline(torch_pipeline.detector, torch_pipeline.classifier, other, demo_cfg).activate()

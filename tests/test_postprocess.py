@@ -26,7 +26,10 @@ def _raw_head(batch: int, nc: int, anchors: int = 700, seed: int = 0) -> torch.T
     g = torch.Generator().manual_seed(seed)
     centres = torch.rand(batch, 2, 12, generator=g) * IMGSZ
     pick = torch.randint(0, 12, (batch, anchors), generator=g)
-    xy = torch.gather(centres, 2, pick[:, None, :].expand(-1, 2, -1)) + torch.randn(batch, 2, anchors, generator=g) * 3
+    xy = (
+        torch.gather(centres, 2, pick[:, None, :].expand(-1, 2, -1))
+        + torch.randn(batch, 2, anchors, generator=g) * 3
+    )
     wh = 12 + torch.rand(batch, 2, anchors, generator=g) * 30
     scores = torch.rand(batch, nc, anchors, generator=g) ** 3
     return torch.cat([xy, wh, scores], dim=1)
@@ -40,9 +43,13 @@ def _infos(shapes):
 def test_matches_ultralytics_nms_and_scale_boxes(nc, agnostic):
     shapes = [(240, 320), (333, 197), (160, 160)]  # odd sizes exercise LetterBox's rounding
     raw = _raw_head(len(shapes), nc)
-    nms = NmsConfig(conf_threshold=0.25, iou_threshold=0.5, max_detections=50, class_agnostic=agnostic)
+    nms = NmsConfig(
+        conf_threshold=0.25, iou_threshold=0.5, max_detections=50, class_agnostic=agnostic
+    )
     ours = decode_and_nms(raw.numpy(), _infos(shapes), nms)
-    theirs = non_max_suppression(raw.clone(), conf_thres=0.25, iou_thres=0.5, agnostic=agnostic, max_det=50)
+    theirs = non_max_suppression(
+        raw.clone(), conf_thres=0.25, iou_thres=0.5, agnostic=agnostic, max_det=50
+    )
     for mine, ref, shape in zip(ours, theirs, shapes):
         ref = ref.clone()
         ref[:, :4] = scale_boxes((IMGSZ, IMGSZ), ref[:, :4], shape)
@@ -77,7 +84,11 @@ def test_boxes_map_back_to_original_pixels():
 
 
 def test_pad_detections_to_fixed_array():
-    dets = [np.ones((2, 6), np.float32), np.zeros((0, 6), np.float32), np.full((4, 6), 2, np.float32)]
+    dets = [
+        np.ones((2, 6), np.float32),
+        np.zeros((0, 6), np.float32),
+        np.full((4, 6), 2, np.float32),
+    ]
     padded = pad_detections(dets)
     assert padded.shape == (3, 4, 6)
     assert np.all(padded[1, :, 5] == PAD_CLASS_ID) and np.all(padded[1, :, 4] == 0)

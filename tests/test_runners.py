@@ -26,11 +26,15 @@ from pillsnap.runners import (
     select_onnx_providers,
 )
 
-ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: the ONNX runner tests need it")
+ort = pytest.importorskip(
+    "onnxruntime", reason="onnxruntime is not installed: the ONNX runner tests need it"
+)
 pytestmark = pytest.mark.slow
 GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
-needs_no_gpu = pytest.mark.skipif(bool(GPU_PROVIDERS & set(ort.get_available_providers())),
-                                  reason="this onnxruntime has GPU providers: the fallback cannot be observed")
+needs_no_gpu = pytest.mark.skipif(
+    bool(GPU_PROVIDERS & set(ort.get_available_providers())),
+    reason="this onnxruntime has GPU providers: the fallback cannot be observed",
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +55,21 @@ def _crops(cfg, n=2):
 
 def test_torch_and_onnx_classifier_runners_agree(demo_cfg, onnx_paths):
     x = _crops(demo_cfg, 3)
-    with create_runner("torch", "classification", demo_cfg) as t, \
-            create_runner("onnx", "classification", demo_cfg, onnx_paths["classification"]) as o:
+    with (
+        create_runner("torch", "classification", demo_cfg) as t,
+        create_runner("onnx", "classification", demo_cfg, onnx_paths["classification"]) as o,
+    ):
         lt, lo = t.infer(x), o.infer(x)
         assert lt.shape == lo.shape == (3, demo_cfg.classification.num_classes)
         assert np.abs(lt - lo).max() < 1e-3
         assert t.last_inference_time > 0 and o.last_inference_time > 0
-        assert t.describe() == {"engine": "torch", "providers": ["cpu"], "precision": "fp32", "device": "cpu",
-                                "model_path": str(demo_cfg.checkpoint_path("classification"))}
+        assert t.describe() == {
+            "engine": "torch",
+            "providers": ["cpu"],
+            "precision": "fp32",
+            "device": "cpu",
+            "model_path": str(demo_cfg.checkpoint_path("classification")),
+        }
         d = o.describe()
         assert d["engine"] == "onnxruntime" and d["providers"][-1] == "CPUExecutionProvider"
         assert d["model_path"] == str(onnx_paths["classification"])
@@ -90,7 +101,9 @@ def test_infer_validates_its_input(demo_cfg, onnx_paths):
 @needs_no_gpu
 def test_tensorrt_request_falls_back_to_cpu_with_a_warning(demo_cfg, onnx_paths, caplog):
     caplog.set_level(logging.INFO, logger="pillsnap")
-    with create_runner("tensorrt", "classification", demo_cfg, onnx_paths["classification"]) as runner:
+    with create_runner(
+        "tensorrt", "classification", demo_cfg, onnx_paths["classification"]
+    ) as runner:
         assert runner.describe()["providers"] == ["CPUExecutionProvider"]
         assert runner.describe()["device"] == "cpu" and runner.describe()["precision"] == "fp32"
         runner.infer(_crops(demo_cfg))
@@ -111,7 +124,9 @@ def test_require_provider_fails_listing_available(demo_cfg, onnx_paths):
 
 @needs_no_gpu
 @pytest.mark.filterwarnings("ignore:Specified provider")
-def test_provider_that_is_listed_but_not_used_is_reported(demo_cfg, onnx_paths, monkeypatch, caplog):
+def test_provider_that_is_listed_but_not_used_is_reported(
+    demo_cfg, onnx_paths, monkeypatch, caplog
+):
     # Simulates a GPU build whose CUDA libraries are missing: listed as available, not usable.
     real = ort.get_available_providers()
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
@@ -119,22 +134,48 @@ def test_provider_that_is_listed_but_not_used_is_reported(demo_cfg, onnx_paths, 
     with OnnxRunner(onnx_paths["classification"], demo_cfg.runtime) as runner:
         assert runner.describe()["providers"] == ["CPUExecutionProvider"]
     assert "['CUDAExecutionProvider'] were chosen but are not in use" in caplog.text
-    with pytest.raises(ProviderError, match="CUDAExecutionProvider was requested but the session runs on"):
+    with pytest.raises(
+        ProviderError, match="CUDAExecutionProvider was requested but the session runs on"
+    ):
         OnnxRunner(onnx_paths["classification"], RuntimeConfig(require_provider=True)).activate()
 
 
 def test_tensorrt_options_come_from_config(monkeypatch, tmp_path):
-    monkeypatch.setattr(ort, "get_available_providers",
-                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
-    cfg = RuntimeConfig.model_validate({"tensorrt": {"fp16": True, "workspace_gb": 2, "engine_cache_path": tmp_path,
-                                                     "profile_max_batch": 16}, "cuda": {"device_id": 1}})
-    chosen = select_onnx_providers(cfg, tensorrt=True, input_name="input", input_shape=[1, 3, 64, 64])
-    assert [name for name, _ in chosen] == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(
+        ort,
+        "get_available_providers",
+        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    cfg = RuntimeConfig.model_validate(
+        {
+            "tensorrt": {
+                "fp16": True,
+                "workspace_gb": 2,
+                "engine_cache_path": tmp_path,
+                "profile_max_batch": 16,
+            },
+            "cuda": {"device_id": 1},
+        }
+    )
+    chosen = select_onnx_providers(
+        cfg, tensorrt=True, input_name="input", input_shape=[1, 3, 64, 64]
+    )
+    assert [name for name, _ in chosen] == [
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     trt, cuda = chosen[0][1], chosen[1][1]
     assert trt["trt_fp16_enable"] == "True" and trt["trt_max_workspace_size"] == str(2 << 30)
-    assert trt["trt_engine_cache_path"] == str(tmp_path) and trt["trt_profile_max_shapes"] == "input:16x3x64x64"
+    assert (
+        trt["trt_engine_cache_path"] == str(tmp_path)
+        and trt["trt_profile_max_shapes"] == "input:16x3x64x64"
+    )
     assert cuda["device_id"] == "1" and cuda["cudnn_conv_use_max_workspace"] == "1"
-    assert [n for n, _ in select_onnx_providers(cfg)] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert [n for n, _ in select_onnx_providers(cfg)] == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
 
 
 def test_factory_errors_say_what_to_do(demo_cfg, onnx_paths, tmp_path):

@@ -87,13 +87,21 @@ def test_smoke_larger_than_dataset_says_why(cls_tree):
 def test_coverage_balances_classes_and_respects_limits(cls_tree):
     root, cmap = cls_tree
     index = index_classification(root, cmap)
-    s = sample_dataset(index, _cfg(mode="coverage", per_class_k=2, min_classes=5, max_total=10), "classification")
+    s = sample_dataset(
+        index, _cfg(mode="coverage", per_class_k=2, min_classes=5, max_total=10), "classification"
+    )
     counts = Counter(it.label for it in s.items)
     assert s.sampled_images <= 10 and len(counts) == 5 and set(counts.values()) <= {1, 2}
-    s = sample_dataset(index, _cfg(mode="coverage", per_class_k=1, min_classes=1000, max_total=5000), "classification")
+    s = sample_dataset(
+        index,
+        _cfg(mode="coverage", per_class_k=1, min_classes=1000, max_total=5000),
+        "classification",
+    )
     assert s.sampled_classes == N_CLASSES
     assert any(f"dataset has only {N_CLASSES} classes" in n for n in s.notes)
-    s = sample_dataset(index, _cfg(mode="coverage", per_class_k=3, min_classes=6, max_total=12), "classification")
+    s = sample_dataset(
+        index, _cfg(mode="coverage", per_class_k=3, min_classes=6, max_total=12), "classification"
+    )
     assert s.sampled_classes == 6 and any("per_class_k lowered from 3 to 2" in n for n in s.notes)
 
 
@@ -139,7 +147,9 @@ def det_data(tmp_path: Path) -> Path:
         if i:  # photo 0 has no label file: a background photo
             (lab_dir / f"{i}.txt").write_text("".join("0 0.5 0.5 0.2 0.2\n" for _ in range(i)))
     (lab_dir / "8.txt").write_text("0 0.5 oops\n")
-    (tmp_path / "data.yaml").write_text(yaml.safe_dump({"path": ".", "val": "images/val", "names": {0: "pill"}}))
+    (tmp_path / "data.yaml").write_text(
+        yaml.safe_dump({"path": ".", "val": "images/val", "names": {0: "pill"}})
+    )
     return tmp_path / "data.yaml"
 
 

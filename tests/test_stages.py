@@ -31,9 +31,21 @@ def test_ensure_kernel_installs_a_missing_spec_for_this_python(isolated_kernels)
 def test_ensure_kernel_replaces_a_spec_of_another_venv(isolated_kernels):
     stale = isolated_kernels / "pillsnap-test"
     stale.mkdir(parents=True)
-    (stale / "kernel.json").write_text(json.dumps({
-        "argv": ["/old/venv/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "old", "language": "python"}))
+    (stale / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [
+                    "/old/venv/bin/python",
+                    "-m",
+                    "ipykernel_launcher",
+                    "-f",
+                    "{connection_file}",
+                ],
+                "display_name": "old",
+                "language": "python",
+            }
+        )
+    )
     assert stages.ensure_kernel("pillsnap-test") == "pillsnap-test"
     assert json.loads((stale / "kernel.json").read_text())["argv"][0] == sys.executable
 
@@ -47,10 +59,16 @@ def test_stage_notebook_lists_what_exists(tmp_path):
 
 def test_failed_stage_records_cell_and_error(tmp_path):
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("x: int = 1  # a parameter", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("print('before')"),
-                nbformat.v4.new_code_cell("raise ValueError(f'bad x {x}')")]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [
+        nbformat.v4.new_code_cell("x: int = 1  # a parameter", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print('before')"),
+        nbformat.v4.new_code_cell("raise ValueError(f'bad x {x}')"),
+    ]
     nbformat.write(nb, tmp_path / "stage.ipynb")
     out = tmp_path / "out"
     out.mkdir()
@@ -58,4 +76,8 @@ def test_failed_stage_records_cell_and_error(tmp_path):
     assert not result.passed and result.error == "ValueError: bad x 7"
     assert result.html == out / "stage.html" and "bad x 7" in result.html.read_text()
     record = result.to_record(out)
-    assert record["executed"] == "stage.ipynb" and record["status"] == "failed" and record["failed_cell"] >= 2
+    assert (
+        record["executed"] == "stage.ipynb"
+        and record["status"] == "failed"
+        and record["failed_cell"] >= 2
+    )

@@ -1,12 +1,18 @@
 import re
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from pillsnap.versioning import get_git_sha, git_is_dirty, iso_utc, prepare_version_tag, utc_timestamp
+from pillsnap.versioning import (
+    get_git_sha,
+    git_is_dirty,
+    iso_utc,
+    prepare_version_tag,
+    utc_timestamp,
+)
 
 
 def test_timestamp_format():
-    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert utc_timestamp(when) == "20260102-030405"
     assert iso_utc(when) == "2026-01-02T03:04:05Z"
     assert re.fullmatch(r"\d{8}-\d{6}", utc_timestamp())
@@ -19,7 +25,7 @@ def test_tag_outside_git_is_nogit(tmp_path):
 
 
 def test_tag_in_git_repo_has_short_sha_and_dirty_flag(tmp_path):
-    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
     run("init", "-q")
     (tmp_path / "f.txt").write_text("a")
     run("add", "f.txt")

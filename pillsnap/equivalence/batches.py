@@ -34,8 +34,12 @@ class Batch(Generic[T]):
     data: list[T]
 
 
-def iter_batches(items: Iterable[SampleItem], batch_size: int, load: Callable[[SampleItem], T],
-                 skipped: list[SkippedFile]) -> Iterator[Batch[T]]:
+def iter_batches(
+    items: Iterable[SampleItem],
+    batch_size: int,
+    load: Callable[[SampleItem], T],
+    skipped: list[SkippedFile],
+) -> Iterator[Batch[T]]:
     """Group ``items`` into batches of loaded data; a ``DataError`` from ``load`` skips the item."""
     batch: Batch[T] = Batch([], [])
     for item in items:

@@ -47,7 +47,9 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def per_sample_metrics(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> dict[str, np.ndarray]:
     """Per-sample parity metrics for one batch of logits ``[N, C]`` from each engine."""
     if torch_logits.shape != onnx_logits.shape:
-        raise ValueError(f"Torch logits {torch_logits.shape} and ONNX logits {onnx_logits.shape} differ in shape")
+        raise ValueError(
+            f"Torch logits {torch_logits.shape} and ONNX logits {onnx_logits.shape} differ in shape"
+        )
     lt, lo = log_softmax(torch_logits), log_softmax(onnx_logits)
     pt, po = np.exp(lt), np.exp(lo)
     k = min(5, pt.shape[1])
@@ -59,7 +61,9 @@ def per_sample_metrics(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> dic
     second_o = order_o[:, 1] if po.shape[1] > 1 else order_o[:, 0]
     diff = np.abs(pt - po)
     margin = pt[rows, order_t[:, 0]] - pt[rows, second_t]
-    logit_diff = np.abs(np.asarray(torch_logits, np.float64) - np.asarray(onnx_logits, np.float64)).max(axis=1)
+    logit_diff = np.abs(
+        np.asarray(torch_logits, np.float64) - np.asarray(onnx_logits, np.float64)
+    ).max(axis=1)
     logit_scale = np.abs(np.asarray(torch_logits, np.float64)).max(axis=1)
     return {
         "mse": (diff**2).mean(axis=1),
@@ -67,10 +71,14 @@ def per_sample_metrics(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> dic
         "max_abs_prob_diff": diff.max(axis=1),
         "max_abs_logit_diff": logit_diff,
         "rel_logit_diff": logit_diff / np.maximum(logit_scale, 1e-6),
-        "torch_top1": order_t[:, 0], "torch_top1_prob": pt[rows, order_t[:, 0]],
-        "torch_top2": second_t, "torch_top2_prob": pt[rows, second_t],
-        "onnx_top1": order_o[:, 0], "onnx_top1_prob": po[rows, order_o[:, 0]],
-        "onnx_top2": second_o, "onnx_top2_prob": po[rows, second_o],
+        "torch_top1": order_t[:, 0],
+        "torch_top1_prob": pt[rows, order_t[:, 0]],
+        "torch_top2": second_t,
+        "torch_top2_prob": pt[rows, second_t],
+        "onnx_top1": order_o[:, 0],
+        "onnx_top1_prob": po[rows, order_o[:, 0]],
+        "onnx_top2": second_o,
+        "onnx_top2_prob": po[rows, second_o],
         "margin": margin,
         "top1_match": order_t[:, 0] == order_o[:, 0],
         "top5_overlap": top5_overlap,
@@ -96,20 +104,32 @@ class LogitFit:
     def update(self, t: np.ndarray, o: np.ndarray) -> None:
         t, o = np.asarray(t, np.float64).ravel(), np.asarray(o, np.float64).ravel()
         self.n += t.size
-        self.st += t.sum(); self.so += o.sum()
-        self.stt += (t * t).sum(); self.sto += (t * o).sum(); self.soo += (o * o).sum()
+        self.st += t.sum()
+        self.so += o.sum()
+        self.stt += (t * t).sum()
+        self.sto += (t * o).sum()
+        self.soo += (o * o).sum()
 
     def result(self) -> dict[str, float]:
         if self.n < 2:
-            return {"slope": float("nan"), "intercept": float("nan"), "residual_rms": float("nan"), "torch_std": 0.0}
+            return {
+                "slope": float("nan"),
+                "intercept": float("nan"),
+                "residual_rms": float("nan"),
+                "torch_std": 0.0,
+            }
         var_t = self.stt / self.n - (self.st / self.n) ** 2
         cov = self.sto / self.n - self.st * self.so / self.n**2
         var_o = self.soo / self.n - (self.so / self.n) ** 2
         slope = cov / var_t if var_t > 0 else float("nan")
         intercept = (self.so - slope * self.st) / self.n if var_t > 0 else float("nan")
         resid = max(var_o - slope * cov, 0.0) if var_t > 0 else var_o
-        return {"slope": float(slope), "intercept": float(intercept), "residual_rms": float(np.sqrt(resid)),
-                "torch_std": float(np.sqrt(max(var_t, 0.0)))}
+        return {
+            "slope": float(slope),
+            "intercept": float(intercept),
+            "residual_rms": float(np.sqrt(resid)),
+            "torch_std": float(np.sqrt(max(var_t, 0.0))),
+        }
 
 
 @dataclass
@@ -124,16 +144,27 @@ class ClassificationParity:
 
     def summary_line(self) -> str:
         m = self.metrics
-        return (f"classification parity on {int(m['n'])} samples: MSE mean {m['mse_mean']:.2e} p99 {m['mse_p99']:.2e} "
-                f"max {m['mse_max']:.2e}; top-1 match {m['top1_match_rate']:.2%} ({int(m['top1_mismatch_count'])} "
-                f"mismatches); KL mean {m['kl_mean']:.2e}; max |dlogit| {m['max_abs_logit_diff']:.2e}; "
-                f"at risk {int(m['at_risk_count'])}")
+        return (
+            f"classification parity on {int(m['n'])} samples: MSE mean {m['mse_mean']:.2e} p99 {m['mse_p99']:.2e} "
+            f"max {m['mse_max']:.2e}; top-1 match {m['top1_match_rate']:.2%} ({int(m['top1_mismatch_count'])} "
+            f"mismatches); KL mean {m['kl_mean']:.2e}; max |dlogit| {m['max_abs_logit_diff']:.2e}; "
+            f"at risk {int(m['at_risk_count'])}"
+        )
 
 
-def compare_classification(items: list[SampleItem], spec: PreprocessSpec, torch_runner: Runner, onnx_runner: Runner,
-                           *, batch_size: int, skipped: list[SkippedFile],
-                           torch_cache: dict[Path, np.ndarray] | None = None, class_names: dict[int, str] | None = None,
-                           borderline_count: int = 10, progress: bool = True) -> ClassificationParity:
+def compare_classification(
+    items: list[SampleItem],
+    spec: PreprocessSpec,
+    torch_runner: Runner,
+    onnx_runner: Runner,
+    *,
+    batch_size: int,
+    skipped: list[SkippedFile],
+    torch_cache: dict[Path, np.ndarray] | None = None,
+    class_names: dict[int, str] | None = None,
+    borderline_count: int = 10,
+    progress: bool = True,
+) -> ClassificationParity:
     """Run both engines on ``items`` (decoded on a background thread) and measure parity.
 
     ``torch_cache`` holds Torch logits already computed for some paths (the
@@ -152,45 +183,70 @@ def compare_classification(items: list[SampleItem], spec: PreprocessSpec, torch_
         return preprocess_one(load_image(item.path), spec)
 
     batches = prefetch(iter_batches(items, batch_size, load, skipped))
-    with tqdm(total=len(items), desc="classification parity", unit="img", disable=not progress) as bar:
+    with tqdm(
+        total=len(items), desc="classification parity", unit="img", disable=not progress
+    ) as bar:
         for batch in batches:
             x = np.stack(batch.data)
             t_logits = _torch_logits(torch_runner, x, batch.items, torch_cache)
             o_logits = np.asarray(onnx_runner.infer(x), np.float32)
             fit.update(t_logits, o_logits)
             m = per_sample_metrics(t_logits, o_logits)
-            frames.append(pd.DataFrame({
-                "path": [str(it.path) for it in batch.items],
-                "true_class": [it.label for it in batch.items],
-                "source": [it.source for it in batch.items],
-                **m,
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "path": [str(it.path) for it in batch.items],
+                        "true_class": [it.label for it in batch.items],
+                        "source": [it.source for it in batch.items],
+                        **m,
+                    }
+                )
+            )
             if len(probe) < PROBE_SAMPLES:
                 probe.extend(x[: PROBE_SAMPLES - len(probe)])
             bar.update(len(batch.items))
     if not frames:
         from pillsnap.exceptions import DataError
 
-        raise DataError(f"no readable classification image among the {len(items)} sampled "
-                        f"(first problems: {'; '.join(f'{s.path}: {s.reason}' for s in skipped[:3])})")
+        raise DataError(
+            f"no readable classification image among the {len(items)} sampled "
+            f"(first problems: {'; '.join(f'{s.path}: {s.reason}' for s in skipped[:3])})"
+        )
     rows = pd.concat(frames, ignore_index=True)
     rows["true_name"] = rows["true_class"].map(lambda c: class_names.get(int(c), str(c)))
-    result = ClassificationParity(rows, aggregate(rows), per_class_mismatches(rows), borderline_cases(rows, borderline_count),
-                                  fit.result(), np.stack(probe))
+    result = ClassificationParity(
+        rows,
+        aggregate(rows),
+        per_class_mismatches(rows),
+        borderline_cases(rows, borderline_count),
+        fit.result(),
+        np.stack(probe),
+    )
     for case in result.borderline:
-        log.info("borderline: %s true=%s torch top-2=%s onnx top-2=%s margin=%.4f%s", case["path"], case["true_class"],
-                 case["torch_top2"], case["onnx_top2"], case["margin"], "" if case["top1_match"] else "  <- top-1 differs")
+        log.info(
+            "borderline: %s true=%s torch top-2=%s onnx top-2=%s margin=%.4f%s",
+            case["path"],
+            case["true_class"],
+            case["torch_top2"],
+            case["onnx_top2"],
+            case["margin"],
+            "" if case["top1_match"] else "  <- top-1 differs",
+        )
     log.info(result.summary_line())
     return result
 
 
-def _torch_logits(runner: Runner, x: np.ndarray, items: list[SampleItem], cache: dict[Path, np.ndarray]) -> np.ndarray:
+def _torch_logits(
+    runner: Runner, x: np.ndarray, items: list[SampleItem], cache: dict[Path, np.ndarray]
+) -> np.ndarray:
     """Torch logits of a batch, taken from ``cache`` where Torch already ran on that image."""
     todo = [i for i, it in enumerate(items) if it.path not in cache]
     if len(todo) == len(items):
         return np.asarray(runner.infer(x), np.float32)
     fresh = dict(zip(todo, np.asarray(runner.infer(x[todo]), np.float32))) if todo else {}
-    return np.stack([fresh[i] if i in fresh else cache.pop(it.path) for i, it in enumerate(items)]).astype(np.float32)
+    return np.stack(
+        [fresh[i] if i in fresh else cache.pop(it.path) for i, it in enumerate(items)]
+    ).astype(np.float32)
 
 
 def aggregate(rows: pd.DataFrame) -> dict[str, float]:
@@ -198,16 +254,22 @@ def aggregate(rows: pd.DataFrame) -> dict[str, float]:
     mismatches = int((~rows["top1_match"]).sum())
     return {
         "n": float(len(rows)),
-        "mse_mean": float(mse.mean()), "mse_p99": float(np.quantile(mse, 0.99)), "mse_max": float(mse.max()),
-        "top1_match_rate": float(rows["top1_match"].mean()), "top1_mismatch_count": float(mismatches),
+        "mse_mean": float(mse.mean()),
+        "mse_p99": float(np.quantile(mse, 0.99)),
+        "mse_max": float(mse.max()),
+        "top1_match_rate": float(rows["top1_match"].mean()),
+        "top1_mismatch_count": float(mismatches),
         "top1_mismatch_rate": float(mismatches / len(rows)),
         "top5_overlap_mean": float(rows["top5_overlap"].mean()),
-        "kl_mean": float(rows["kl"].mean()), "kl_max": float(rows["kl"].max()),
+        "kl_mean": float(rows["kl"].mean()),
+        "kl_max": float(rows["kl"].max()),
         "max_abs_logit_diff": float(rows["max_abs_logit_diff"].max()),
         "rel_logit_diff_p99": float(np.quantile(rows["rel_logit_diff"], 0.99)),
         "max_abs_prob_diff": float(rows["max_abs_prob_diff"].max()),
         "at_risk_count": float(rows["at_risk"].sum()),
-        "mismatch_margin_median": float(rows.loc[~rows["top1_match"], "margin"].median()) if mismatches else float("nan"),
+        "mismatch_margin_median": float(rows.loc[~rows["top1_match"], "margin"].median())
+        if mismatches
+        else float("nan"),
         "classes": float(rows["true_class"].nunique()),
         "classes_with_mismatch": float(rows.loc[~rows["top1_match"], "true_class"].nunique()),
     }
@@ -216,14 +278,28 @@ def aggregate(rows: pd.DataFrame) -> dict[str, float]:
 def per_class_mismatches(rows: pd.DataFrame, top: int = 10) -> list[dict[str, Any]]:
     """Classes with the most top-1 mismatches (count, rate, mean Torch margin)."""
     g = rows.assign(mismatch=~rows["top1_match"]).groupby("true_class")
-    table = g.agg(name=("true_name", "first"), n=("mismatch", "size"), mismatches=("mismatch", "sum"),
-                  mse_mean=("mse", "mean"), margin_mean=("margin", "mean"))
+    table = g.agg(
+        name=("true_name", "first"),
+        n=("mismatch", "size"),
+        mismatches=("mismatch", "sum"),
+        mse_mean=("mse", "mean"),
+        margin_mean=("margin", "mean"),
+    )
     table = table[table["mismatches"] > 0]
     table["rate"] = table["mismatches"] / table["n"]
     table = table.sort_values(["mismatches", "rate"], ascending=False).head(top)
-    return [{"class_index": int(c), "name": str(r["name"]), "n": int(r["n"]), "mismatches": int(r["mismatches"]),
-             "rate": float(r["rate"]), "mse_mean": float(r["mse_mean"]), "margin_mean": float(r["margin_mean"])}
-            for c, r in table.iterrows()]
+    return [
+        {
+            "class_index": int(c),
+            "name": str(r["name"]),
+            "n": int(r["n"]),
+            "mismatches": int(r["mismatches"]),
+            "rate": float(r["rate"]),
+            "mse_mean": float(r["mse_mean"]),
+            "margin_mean": float(r["margin_mean"]),
+        }
+        for c, r in table.iterrows()
+    ]
 
 
 def borderline_cases(rows: pd.DataFrame, count: int) -> list[dict[str, Any]]:
@@ -231,9 +307,22 @@ def borderline_cases(rows: pd.DataFrame, count: int) -> list[dict[str, Any]]:
     if count == 0:
         return []
     ordered = rows.assign(_ok=rows["top1_match"]).sort_values(["_ok", "margin"]).head(count)
-    return [{
-        "path": r.path, "true_class": int(r.true_class), "source": r.source,
-        "torch_top2": [[int(r.torch_top1), round(float(r.torch_top1_prob), 6)], [int(r.torch_top2), round(float(r.torch_top2_prob), 6)]],
-        "onnx_top2": [[int(r.onnx_top1), round(float(r.onnx_top1_prob), 6)], [int(r.onnx_top2), round(float(r.onnx_top2_prob), 6)]],
-        "margin": float(r.margin), "top1_match": bool(r.top1_match), "mse": float(r.mse),
-    } for r in ordered.itertuples()]
+    return [
+        {
+            "path": r.path,
+            "true_class": int(r.true_class),
+            "source": r.source,
+            "torch_top2": [
+                [int(r.torch_top1), round(float(r.torch_top1_prob), 6)],
+                [int(r.torch_top2), round(float(r.torch_top2_prob), 6)],
+            ],
+            "onnx_top2": [
+                [int(r.onnx_top1), round(float(r.onnx_top1_prob), 6)],
+                [int(r.onnx_top2), round(float(r.onnx_top2_prob), 6)],
+            ],
+            "margin": float(r.margin),
+            "top1_match": bool(r.top1_match),
+            "mse": float(r.mse),
+        }
+        for r in ordered.itertuples()
+    ]

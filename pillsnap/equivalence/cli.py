@@ -17,15 +17,37 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pillsnap compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=None, help="config YAML (default $PILLSNAP_CONFIG or ./config.yaml)")
-    p.add_argument("--mode", choices=["smoke", "coverage", "full"], help="sampling mode (overrides compare.mode)")
-    p.add_argument("--classification-onnx", type=Path, help="compare this classifier ONNX instead of exporting")
-    p.add_argument("--detection-onnx", type=Path, help="compare this detector ONNX instead of exporting")
+    p = argparse.ArgumentParser(
+        prog="pillsnap compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config YAML (default $PILLSNAP_CONFIG or ./config.yaml)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["smoke", "coverage", "full"],
+        help="sampling mode (overrides compare.mode)",
+    )
+    p.add_argument(
+        "--classification-onnx", type=Path, help="compare this classifier ONNX instead of exporting"
+    )
+    p.add_argument(
+        "--detection-onnx", type=Path, help="compare this detector ONNX instead of exporting"
+    )
     p.add_argument("--out-dir", type=Path, help="release folder for the report (and exports)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, repeatable (e.g. --set compare.seed=3)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, repeatable (e.g. --set compare.seed=3)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -51,8 +73,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from pillsnap.equivalence.run import run_equivalence
 
-    result = run_equivalence(cfg, exports, args.classification_onnx, args.detection_onnx, out_dir,
-                             progress=not args.quiet)
+    result = run_equivalence(
+        cfg,
+        exports,
+        args.classification_onnx,
+        args.detection_onnx,
+        out_dir,
+        progress=not args.quiet,
+    )
     for parity in (result.classification, result.detection, result.end_to_end):
         if parity is not None:
             print(parity.summary_line())
@@ -66,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     if result.verdict.causes:
         print("likely causes (most likely first):", file=sys.stderr)
         for i, cause in enumerate(result.verdict.causes, 1):
-            print(f"  {i}. [{cause['model']}] {cause['title']} (score {cause['score']:.2f}): {cause['evidence']}",
-                  file=sys.stderr)
+            print(
+                f"  {i}. [{cause['model']}] {cause['title']} (score {cause['score']:.2f}): {cause['evidence']}",
+                file=sys.stderr,
+            )
             print(f"     fix: {cause['advice']}", file=sys.stderr)
     return 1
 

@@ -53,7 +53,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def match_boxes(a: np.ndarray, b: np.ndarray, min_iou: float = MATCH_IOU) -> list[tuple[int, int, float]]:
+def match_boxes(
+    a: np.ndarray, b: np.ndarray, min_iou: float = MATCH_IOU
+) -> list[tuple[int, int, float]]:
     """One-to-one pairs ``(i, j, iou)`` of two engines' detections with IoU >= ``min_iou``.
 
     Rows are ``x1, y1, x2, y2[, score[, class]]``. The cost of a pair is
@@ -80,11 +82,14 @@ def match_boxes(a: np.ndarray, b: np.ndarray, min_iou: float = MATCH_IOU) -> lis
             if not np.isfinite(cost[i, j]):
                 break
             if i not in used_a and j not in used_b:
-                used_a.add(i); used_b.add(j)
+                used_a.add(i)
+                used_b.add(j)
                 pairs.append((i, j, float(iou[i, j])))
         return sorted(pairs)
     rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e6))
-    return [(int(i), int(j), float(iou[i, j])) for i, j in zip(rows, cols) if np.isfinite(cost[i, j])]
+    return [
+        (int(i), int(j), float(iou[i, j])) for i, j in zip(rows, cols) if np.isfinite(cost[i, j])
+    ]
 
 
 def match_predictions(pred_cls: np.ndarray, true_cls: np.ndarray, iou: np.ndarray) -> np.ndarray:
@@ -117,7 +122,11 @@ class MapAccumulator:
 
     def add(self, pred: np.ndarray, gt_cls: np.ndarray, gt_boxes: np.ndarray) -> None:
         pred = pred[np.argsort(-pred[:, 4], kind="stable")]
-        iou = box_iou(gt_boxes, pred) if len(gt_boxes) and len(pred) else np.zeros((len(gt_boxes), len(pred)))
+        iou = (
+            box_iou(gt_boxes, pred)
+            if len(gt_boxes) and len(pred)
+            else np.zeros((len(gt_boxes), len(pred)))
+        )
         self.tp.append(match_predictions(pred[:, 5], gt_cls, iou))
         self.conf.append(pred[:, 4])
         self.pred_cls.append(pred[:, 5])
@@ -129,7 +138,12 @@ class MapAccumulator:
         target = np.concatenate(self.target_cls) if self.target_cls else np.zeros(0)
         if not len(target):
             return float("nan"), float("nan")
-        ap = ap_per_class(np.concatenate(self.tp), np.concatenate(self.conf), np.concatenate(self.pred_cls), target)[5]
+        ap = ap_per_class(
+            np.concatenate(self.tp),
+            np.concatenate(self.conf),
+            np.concatenate(self.pred_cls),
+            target,
+        )[5]
         return float(ap[:, 0].mean()), float(ap.mean())
 
 
@@ -147,10 +161,12 @@ class DetectionParity:
 
     def summary_line(self) -> str:
         m = self.metrics
-        return (f"detection parity on {int(m['photos'])} photos: mAP50 torch {m['map50_torch']:.4f} onnx {m['map50_onnx']:.4f} "
-                f"(delta {m['delta_map50']:+.4f}); mAP50-95 delta {m['delta_map50_95']:+.4f}; matched boxes "
-                f"{int(m['matched_pairs'])}, 1-IoU p95 {m['iou_diff_p95']:.2e}, score diff p95 {m['score_diff_p95']:.2e}, "
-                f"unmatched torch/onnx {int(m['unmatched_torch'])}/{int(m['unmatched_onnx'])}; raw max |d| {m['raw_max_abs_diff']:.2e}")
+        return (
+            f"detection parity on {int(m['photos'])} photos: mAP50 torch {m['map50_torch']:.4f} onnx {m['map50_onnx']:.4f} "
+            f"(delta {m['delta_map50']:+.4f}); mAP50-95 delta {m['delta_map50_95']:+.4f}; matched boxes "
+            f"{int(m['matched_pairs'])}, 1-IoU p95 {m['iou_diff_p95']:.2e}, score diff p95 {m['score_diff_p95']:.2e}, "
+            f"unmatched torch/onnx {int(m['unmatched_torch'])}/{int(m['unmatched_onnx'])}; raw max |d| {m['raw_max_abs_diff']:.2e}"
+        )
 
 
 @dataclass
@@ -169,7 +185,11 @@ def load_photo(item: SampleItem, imgsz: int) -> _Photo:
     labels = read_yolo_labels(item.path)
     h, w = rgb.shape[:2]
     cx, cy, bw, bh = labels[:, 1] * w, labels[:, 2] * h, labels[:, 3] * w, labels[:, 4] * h
-    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1) if len(labels) else np.zeros((0, 4))
+    boxes = (
+        np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+        if len(labels)
+        else np.zeros((0, 4))
+    )
     return _Photo(rgb, tensor, info, labels[:, 0].astype(np.float32), boxes.astype(np.float32))
 
 
@@ -184,56 +204,120 @@ class _DetectionStats:
         self.iou_diffs: list[float] = []
         self.score_diffs: list[float] = []
         self.examples: list[dict[str, Any]] = []
-        self.counts = {"matched_pairs": 0, "unmatched_torch": 0, "unmatched_onnx": 0, "unmatched_borderline": 0,
-                       "class_disagreements": 0, "boxes_torch": 0, "boxes_onnx": 0, "gt_boxes": 0, "photos": 0}
+        self.counts = {
+            "matched_pairs": 0,
+            "unmatched_torch": 0,
+            "unmatched_onnx": 0,
+            "unmatched_borderline": 0,
+            "class_disagreements": 0,
+            "boxes_torch": 0,
+            "boxes_onnx": 0,
+            "gt_boxes": 0,
+            "photos": 0,
+        }
 
-    def add(self, items: list[SampleItem], photos: list[_Photo], raw_t: np.ndarray, raw_o: np.ndarray) -> None:
+    def add(
+        self, items: list[SampleItem], photos: list[_Photo], raw_t: np.ndarray, raw_o: np.ndarray
+    ) -> None:
         pp, nms = self.pp, self.pp.nms
         infos = [p.info for p in photos]
         d = np.abs(raw_t.astype(np.float64) - raw_o)
         for key, part in (("all", d), ("box", d[:, :4]), ("score", d[:, 4:])):
             self.raw_max[key] = max(self.raw_max[key], float(part.max()))
         self.raw_sum, self.raw_count = self.raw_sum + float(d.sum()), self.raw_count + d.size
-        evals = {name: decode_and_nms(raw, infos, nms, conf=pp.eval_conf_threshold, iou=pp.eval_iou_threshold,
-                                      max_det=pp.eval_max_detections) for name, raw in (("torch", raw_t), ("onnx", raw_o))}
-        deployed_t, deployed_o = decode_and_nms(raw_t, infos, nms), decode_and_nms(raw_o, infos, nms)
+        evals = {
+            name: decode_and_nms(
+                raw,
+                infos,
+                nms,
+                conf=pp.eval_conf_threshold,
+                iou=pp.eval_iou_threshold,
+                max_det=pp.eval_max_detections,
+            )
+            for name, raw in (("torch", raw_t), ("onnx", raw_o))
+        }
+        deployed_t, deployed_o = (
+            decode_and_nms(raw_t, infos, nms),
+            decode_and_nms(raw_o, infos, nms),
+        )
         for i, photo in enumerate(photos):
             for name, acc in self.maps.items():
                 acc.add(evals[name][i], photo.gt_cls, photo.gt_boxes)
-            _box_parity(deployed_t[i], deployed_o[i], nms.conf_threshold, self.counts, self.iou_diffs, self.score_diffs)
+            _box_parity(
+                deployed_t[i],
+                deployed_o[i],
+                nms.conf_threshold,
+                self.counts,
+                self.iou_diffs,
+                self.score_diffs,
+            )
             self.counts["gt_boxes"] += len(photo.gt_boxes)
             if len(self.examples) < EXAMPLE_PHOTOS:
-                self.examples.append({"path": str(items[i].path), "torch": deployed_t[i].tolist(),
-                                      "onnx": deployed_o[i].tolist(), "labels": photo.gt_boxes.tolist()})
+                self.examples.append(
+                    {
+                        "path": str(items[i].path),
+                        "torch": deployed_t[i].tolist(),
+                        "onnx": deployed_o[i].tolist(),
+                        "labels": photo.gt_boxes.tolist(),
+                    }
+                )
         self.counts["photos"] += len(photos)
 
     def result(self, probe: list[np.ndarray]) -> DetectionParity:
         pp, nms, counts = self.pp, self.pp.nms, self.counts
         (m50_t, m_t), (m50_o, m_o) = self.maps["torch"].compute(), self.maps["onnx"].compute()
-        ious, scores = np.asarray(self.iou_diffs, np.float64), np.asarray(self.score_diffs, np.float64)
+        ious, scores = (
+            np.asarray(self.iou_diffs, np.float64),
+            np.asarray(self.score_diffs, np.float64),
+        )
         metrics = {
             **{k: float(v) for k, v in counts.items()},
-            "map50_torch": m50_t, "map50_onnx": m50_o, "map50_95_torch": m_t, "map50_95_onnx": m_o,
-            "delta_map50": m50_o - m50_t, "delta_map50_95": m_o - m_t,
+            "map50_torch": m50_t,
+            "map50_onnx": m50_o,
+            "map50_95_torch": m_t,
+            "map50_95_onnx": m_o,
+            "delta_map50": m50_o - m50_t,
+            "delta_map50_95": m_o - m_t,
             "iou_diff_p95": float(np.quantile(ious, 0.95)) if len(ious) else 0.0,
             "iou_diff_max": float(ious.max()) if len(ious) else 0.0,
             "score_diff_p95": float(np.quantile(scores, 0.95)) if len(scores) else 0.0,
             "unmatched_rate": (counts["unmatched_torch"] + counts["unmatched_onnx"])
             / max(counts["boxes_torch"] + counts["boxes_onnx"], 1),
-            "raw_max_abs_diff": self.raw_max["all"], "raw_box_max_abs_diff": self.raw_max["box"],
-            "raw_score_max_abs_diff": self.raw_max["score"], "raw_mean_abs_diff": self.raw_sum / max(self.raw_count, 1),
+            "raw_max_abs_diff": self.raw_max["all"],
+            "raw_box_max_abs_diff": self.raw_max["box"],
+            "raw_score_max_abs_diff": self.raw_max["score"],
+            "raw_mean_abs_diff": self.raw_sum / max(self.raw_count, 1),
         }
-        thresholds = {"map_eval": {"conf": pp.eval_conf_threshold, "iou": pp.eval_iou_threshold,
-                                   "max_det": pp.eval_max_detections},
-                      "deployed": {"conf": nms.conf_threshold, "iou": nms.iou_threshold, "max_det": nms.max_detections},
-                      "box_match_iou": {"iou": MATCH_IOU}, "threshold_band": {"score": THRESHOLD_BAND}}
+        thresholds = {
+            "map_eval": {
+                "conf": pp.eval_conf_threshold,
+                "iou": pp.eval_iou_threshold,
+                "max_det": pp.eval_max_detections,
+            },
+            "deployed": {
+                "conf": nms.conf_threshold,
+                "iou": nms.iou_threshold,
+                "max_det": nms.max_detections,
+            },
+            "box_match_iou": {"iou": MATCH_IOU},
+            "threshold_band": {"score": THRESHOLD_BAND},
+        }
         return DetectionParity(metrics, ious, scores, self.examples, thresholds, np.stack(probe))
 
 
-def compare_detection(items: list[SampleItem], cfg: Config, torch_runner: Runner, onnx_runner: Runner, *,
-                      skipped: list[SkippedFile], progress: bool = True,
-                      on_batch: Callable[[list[SampleItem], list[np.ndarray], np.ndarray, dict[str, np.ndarray]], None]
-                      | None = None) -> DetectionParity:
+def compare_detection(
+    items: list[SampleItem],
+    cfg: Config,
+    torch_runner: Runner,
+    onnx_runner: Runner,
+    *,
+    skipped: list[SkippedFile],
+    progress: bool = True,
+    on_batch: Callable[
+        [list[SampleItem], list[np.ndarray], np.ndarray, dict[str, np.ndarray]], None
+    ]
+    | None = None,
+) -> DetectionParity:
     """Run both engines on ``items`` and measure parity (see the module doc).
 
     Photos are decoded on one low-priority thread and the raw outputs post-processed
@@ -251,21 +335,33 @@ def compare_detection(items: list[SampleItem], cfg: Config, torch_runner: Runner
     stats = _DetectionStats(cfg)
     probe: list[np.ndarray] = []
     pending: list[Future[None]] = []
-    batches = prefetch(iter_batches(items, cfg.compare.batch_size, lambda it: load_photo(it, cfg.detection.imgsz), skipped))
-    with ThreadPoolExecutor(1, "pillsnap-postprocess", initializer=lower_priority) as post, \
-            tqdm(total=len(items), desc="detection parity", unit="photo", disable=not progress) as bar:
+    batches = prefetch(
+        iter_batches(
+            items, cfg.compare.batch_size, lambda it: load_photo(it, cfg.detection.imgsz), skipped
+        )
+    )
+    with (
+        ThreadPoolExecutor(1, "pillsnap-postprocess", initializer=lower_priority) as post,
+        tqdm(total=len(items), desc="detection parity", unit="photo", disable=not progress) as bar,
+    ):
         for batch in batches:
             x = np.stack([p.tensor for p in batch.data])
             raw_t = np.asarray(torch_runner.infer(x), np.float32)
             raw_o = np.asarray(onnx_runner.infer(x), np.float32)
             if raw_t.shape != raw_o.shape:
-                raise ValueError(f"Torch raw head {raw_t.shape} and ONNX raw head {raw_o.shape} differ in shape")
+                raise ValueError(
+                    f"Torch raw head {raw_t.shape} and ONNX raw head {raw_o.shape} differ in shape"
+                )
             pending.append(post.submit(stats.add, batch.items, batch.data, raw_t, raw_o))
             if on_batch is not None:
-                on_batch(batch.items, [p.rgb for p in batch.data], x, {"torch": raw_t, "onnx": raw_o})
+                on_batch(
+                    batch.items, [p.rgb for p in batch.data], x, {"torch": raw_t, "onnx": raw_o}
+                )
             if len(probe) < PROBE_SAMPLES:
                 probe.extend(x[: PROBE_SAMPLES - len(probe)])
-            while len(pending) > 2:  # bounded memory: at most a few batches of raw outputs in flight
+            while (
+                len(pending) > 2
+            ):  # bounded memory: at most a few batches of raw outputs in flight
                 pending.pop(0).result()
             bar.update(len(batch.items))
         for future in pending:
@@ -273,15 +369,23 @@ def compare_detection(items: list[SampleItem], cfg: Config, torch_runner: Runner
     if stats.counts["photos"] == 0:
         from pillsnap.exceptions import DataError
 
-        raise DataError(f"no readable detection photo among the {len(items)} sampled "
-                        f"(first problems: {'; '.join(f'{s.path}: {s.reason}' for s in skipped[:3])})")
+        raise DataError(
+            f"no readable detection photo among the {len(items)} sampled "
+            f"(first problems: {'; '.join(f'{s.path}: {s.reason}' for s in skipped[:3])})"
+        )
     result = stats.result(probe)
     log.info(result.summary_line())
     return result
 
 
-def _box_parity(det_t: np.ndarray, det_o: np.ndarray, conf_threshold: float, counts: dict[str, int],
-                iou_diffs: list[float], score_diffs: list[float]) -> None:
+def _box_parity(
+    det_t: np.ndarray,
+    det_o: np.ndarray,
+    conf_threshold: float,
+    counts: dict[str, int],
+    iou_diffs: list[float],
+    score_diffs: list[float],
+) -> None:
     pairs = match_boxes(det_t, det_o)
     counts["boxes_torch"] += len(det_t)
     counts["boxes_onnx"] += len(det_o)
@@ -290,7 +394,10 @@ def _box_parity(det_t: np.ndarray, det_o: np.ndarray, conf_threshold: float, cou
         iou_diffs.append(1.0 - iou)
         score_diffs.append(abs(float(det_t[i, 4]) - float(det_o[j, 4])))
         counts["class_disagreements"] += int(det_t[i, 5] != det_o[j, 5])
-    for side, det, used in (("torch", det_t, {p[0] for p in pairs}), ("onnx", det_o, {p[1] for p in pairs})):
+    for side, det, used in (
+        ("torch", det_t, {p[0] for p in pairs}),
+        ("onnx", det_o, {p[1] for p in pairs}),
+    ):
         for k in range(len(det)):
             if k in used:
                 continue

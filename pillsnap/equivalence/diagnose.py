@@ -31,31 +31,34 @@ BATCH_DEPENDENT_REL = 1e-3
 
 ADVICE = {
     "channel_order": "Both engines receive RGB from pillsnap.preprocess; the ONNX graph reorders the colour channels "
-                     "before its first convolution. Re-export from the checkpoint without a BGR/RGB wrapper and check "
-                     "preprocess.channel_order in the ONNX metadata.",
+    "before its first convolution. Re-export from the checkpoint without a BGR/RGB wrapper and check "
+    "preprocess.channel_order in the ONNX metadata.",
     "normalisation": "The ONNX graph rescales its input before the first convolution, so normalisation happens twice "
-                     "or with other constants. Check pre-processing (classifier: classification.preprocessing.mean/std; "
-                     "detector: letterboxed RGB scaled to [0, 1], not 0-255) and remove in-graph normalisation, "
-                     "then re-export.",
+    "or with other constants. Check pre-processing (classifier: classification.preprocessing.mean/std; "
+    "detector: letterboxed RGB scaled to [0, 1], not 0-255) and remove in-graph normalisation, "
+    "then re-export.",
     "graph_preprocessing": "The ONNX graph transforms its input (resize, crop, colour conversion) before the first "
-                           "convolution. Pre-processing belongs to pillsnap.preprocess only: re-export the bare model.",
+    "convolution. Pre-processing belongs to pillsnap.preprocess only: re-export the bare model.",
     "batch_dependence": "A sample's output changes with the other samples of its batch: the model was exported in "
-                        "training mode (BatchNorm) or with wrong dynamic axes. Export after model.eval().float() and "
-                        "check export.dynamic / dynamic_axes.",
+    "training mode (BatchNorm) or with wrong dynamic axes. Export after model.eval().float() and "
+    "check export.dynamic / dynamic_axes.",
     "conversion": "The same input reaches the first convolution in both engines, yet the outputs differ: the graph "
-                  "computes something else (weights or an operator converted differently). Check that the ONNX was "
-                  "exported from this checkpoint (sha256 in the report) in eval mode and float32, re-export; if an "
-                  "operator is suspected keep opset 17, try export.opset=18 and upgrade onnxruntime.",
+    "computes something else (weights or an operator converted differently). Check that the ONNX was "
+    "exported from this checkpoint (sha256 in the report) in eval mode and float32, re-export; if an "
+    "operator is suspected keep opset 17, try export.opset=18 and upgrade onnxruntime.",
     "numeric_precision": "Differences are at floating-point precision and flip only near-tie samples. Expected for "
-                         "fp16 engines (run with compare.precision=fp16 for the relaxed gates); for fp32 check that no "
-                         "fp16/TF32 provider setting is on (runtime.tensorrt.fp16, runtime.torch_fp16).",
+    "fp16 engines (run with compare.precision=fp16 for the relaxed gates); for fp32 check that no "
+    "fp16/TF32 provider setting is on (runtime.tensorrt.fp16, runtime.torch_fp16).",
     "postprocessing": "Raw head outputs agree but the detections differ: post-processing differs. Both paths must use "
-                      "pillsnap.postprocess.decode_and_nms with the same thresholds (export with nms=False).",
+    "pillsnap.postprocess.decode_and_nms with the same thresholds (export with nms=False).",
 }
 TITLES = {
-    "channel_order": "channel order (RGB/BGR)", "normalisation": "normalisation (mean/std, input scale)",
-    "graph_preprocessing": "pre-processing inside the ONNX graph", "batch_dependence": "eval mode / dynamic axes",
-    "conversion": "conversion difference (weights or an operator)", "numeric_precision": "numeric precision",
+    "channel_order": "channel order (RGB/BGR)",
+    "normalisation": "normalisation (mean/std, input scale)",
+    "graph_preprocessing": "pre-processing inside the ONNX graph",
+    "batch_dependence": "eval mode / dynamic axes",
+    "conversion": "conversion difference (weights or an operator)",
+    "numeric_precision": "numeric precision",
     "postprocessing": "post-processing",
 }
 
@@ -83,8 +86,10 @@ def _stage_sentence(stage: dict[str, Any], ev: Evidence) -> str:
             # a * (p - m) / s + b  ==  (p - m') / s'  with  s' = s / a  and  m' = m - b * s'
             eff_std = [s / a for s, a in zip(ev.std, scale)]
             eff_mean = [m - b * s2 for m, b, s2 in zip(ev.mean, shift, eff_std)]
-            text += (f", i.e. effective mean {[round(v, 4) for v in eff_mean]} / std {[round(v, 4) for v in eff_std]} "
-                     f"instead of the config's mean {list(ev.mean)} / std {list(ev.std)}")
+            text += (
+                f", i.e. effective mean {[round(v, 4) for v in eff_mean]} / std {[round(v, 4) for v in eff_std]} "
+                f"instead of the config's mean {list(ev.mean)} / std {list(ev.std)}"
+            )
     return text
 
 
@@ -94,7 +99,11 @@ def _broadness(ev: Evidence) -> tuple[bool, str]:
     if ev.model == "classification":
         rel = m.get("rel_logit_diff_p99", 0.0)
         margin = m.get("mismatch_margin_median", float("nan"))
-        broad = rel > BROAD_REL_LOGIT or (m.get("top1_mismatch_count", 0) > 0 and not math.isnan(margin) and margin > NEAR_TIE_MARGIN)
+        broad = rel > BROAD_REL_LOGIT or (
+            m.get("top1_mismatch_count", 0) > 0
+            and not math.isnan(margin)
+            and margin > NEAR_TIE_MARGIN
+        )
         text = f"relative logit difference p99 {rel:.2e}, {int(m.get('top1_mismatch_count', 0))} top-1 mismatches"
         if not math.isnan(margin):
             text += f" at median Torch margin {margin:.3f}"
@@ -114,19 +123,36 @@ def rank_causes(ev: Evidence) -> list[dict[str, Any]]:
     if kind in ("affine", "permutation_affine"):
         scores["normalisation"] = (0.9 if kind == "affine" else 0.6, _stage_sentence(stage, ev))
     if kind == "other":
-        detail = stage.get("detail") or f"no per-channel scale/shift explains it (residual {stage.get('residual', 0):.2g})"
-        scores["graph_preprocessing"] = (0.5, f"the ONNX graph changes its input before the first convolution: {detail}")
+        detail = (
+            stage.get("detail")
+            or f"no per-channel scale/shift explains it (residual {stage.get('residual', 0):.2g})"
+        )
+        scores["graph_preprocessing"] = (
+            0.5,
+            f"the ONNX graph changes its input before the first convolution: {detail}",
+        )
     worst_batch = max(ev.batch_consistency.values(), default=0.0)
     if worst_batch > BATCH_DEPENDENT_REL:
         who = ", ".join(f"{k} {v:.2e}" for k, v in ev.batch_consistency.items())
-        scores["batch_dependence"] = (0.85, f"relative output change between batched and single runs: {who}")
+        scores["batch_dependence"] = (
+            0.85,
+            f"relative output change between batched and single runs: {who}",
+        )
     broad, numbers = _broadness(ev)
     clean_input = kind in ("identity", "unavailable")
     base = 0.8 if kind == "identity" else 0.5
     if clean_input and broad:
-        text = numbers + ("; the input reaching the first convolution is identical in both engines" if kind == "identity" else "")
+        text = numbers + (
+            "; the input reaching the first convolution is identical in both engines"
+            if kind == "identity"
+            else ""
+        )
         fit = ev.logit_fit or {}
-        slope, resid, spread = fit.get("slope", float("nan")), fit.get("residual_rms", float("nan")), fit.get("torch_std", 0.0)
+        slope, resid, spread = (
+            fit.get("slope", float("nan")),
+            fit.get("residual_rms", float("nan")),
+            fit.get("torch_std", 0.0),
+        )
         if not math.isnan(slope) and abs(slope - 1) > 1e-3 and resid < abs(slope - 1) * spread:
             text += f"; ONNX logits ~= {slope:.4f} x Torch logits (residual {resid:.2g}): a uniformly scaled last layer"
         scores["conversion"] = (base, text)
@@ -138,5 +164,14 @@ def rank_causes(ev: Evidence) -> list[dict[str, Any]]:
     if not scores:
         scores["conversion"] = (0.3, numbers)
     ranked = sorted(scores.items(), key=lambda kv: -kv[1][0])
-    return [{"model": ev.model, "cause": name, "title": TITLES[name], "score": round(score, 3), "evidence": text,
-             "advice": ADVICE[name]} for name, (score, text) in ranked]
+    return [
+        {
+            "model": ev.model,
+            "cause": name,
+            "title": TITLES[name],
+            "score": round(score, 3),
+            "evidence": text,
+            "advice": ADVICE[name],
+        }
+        for name, (score, text) in ranked
+    ]

@@ -54,8 +54,10 @@ class ReplayDetector:
         x, raw = self.pending
         self.pending = None
         if batch.shape != x.shape or not np.array_equal(batch, x):
-            raise RuntimeError(f"{self.engine} replay detector: the pipeline letterboxed the photos differently from "
-                               f"the detection parity pass ({list(batch.shape)} vs {list(x.shape)}; pillsnap bug)")
+            raise RuntimeError(
+                f"{self.engine} replay detector: the pipeline letterboxed the photos differently from "
+                f"the detection parity pass ({list(batch.shape)} vs {list(x.shape)}; pillsnap bug)"
+            )
         return raw
 
 
@@ -66,30 +68,52 @@ class EndToEndParity:
 
     def summary_line(self) -> str:
         m = self.metrics
-        return (f"end-to-end parity on {int(m['photos'])} photos: edi_code agreement {m['pill_agreement']:.2%} of "
-                f"{int(m['pills'])} pills, {m['photo_agreement']:.2%} of photos; {int(m['borderline_pills'])} borderline")
+        return (
+            f"end-to-end parity on {int(m['photos'])} photos: edi_code agreement {m['pill_agreement']:.2%} of "
+            f"{int(m['pills'])} pills, {m['photo_agreement']:.2%} of photos; {int(m['borderline_pills'])} borderline"
+        )
 
 
 def _as_array(pills: list[PillPrediction]) -> np.ndarray:
     return np.asarray([[*p.box, p.det_conf] for p in pills], np.float32).reshape(-1, 5)
 
 
-def compare_photo(torch_pills: list[PillPrediction], onnx_pills: list[PillPrediction], conf_threshold: float) -> dict[str, Any]:
+def compare_photo(
+    torch_pills: list[PillPrediction], onnx_pills: list[PillPrediction], conf_threshold: float
+) -> dict[str, Any]:
     """Counts for one photo: agreeing, disagreeing and borderline pills, and the disagreements."""
     pairs = match_boxes(_as_array(torch_pills), _as_array(onnx_pills))
     agree = sum(torch_pills[i].edi_code == onnx_pills[j].edi_code for i, j, _ in pairs)
-    differ = [{"torch": torch_pills[i].edi_code, "onnx": onnx_pills[j].edi_code, "box": list(torch_pills[i].box),
-               "torch_conf": torch_pills[i].cls_conf, "onnx_conf": onnx_pills[j].cls_conf}
-              for i, j, _ in pairs if torch_pills[i].edi_code != onnx_pills[j].edi_code]
+    differ = [
+        {
+            "torch": torch_pills[i].edi_code,
+            "onnx": onnx_pills[j].edi_code,
+            "box": list(torch_pills[i].box),
+            "torch_conf": torch_pills[i].cls_conf,
+            "onnx_conf": onnx_pills[j].cls_conf,
+        }
+        for i, j, _ in pairs
+        if torch_pills[i].edi_code != onnx_pills[j].edi_code
+    ]
     borderline = 0
-    for side, pills, used in (("torch", torch_pills, {p[0] for p in pairs}), ("onnx", onnx_pills, {p[1] for p in pairs})):
+    for side, pills, used in (
+        ("torch", torch_pills, {p[0] for p in pairs}),
+        ("onnx", onnx_pills, {p[1] for p in pairs}),
+    ):
         for k, pill in enumerate(pills):
             if k in used:
                 continue
             if pill.det_conf < conf_threshold + THRESHOLD_BAND:
                 borderline += 1
             else:
-                differ.append({side: pill.edi_code, "box": list(pill.box), "only_in": side, "det_conf": pill.det_conf})
+                differ.append(
+                    {
+                        side: pill.edi_code,
+                        "box": list(pill.box),
+                        "only_in": side,
+                        "det_conf": pill.det_conf,
+                    }
+                )
     return {"agree": agree, "differ": differ, "borderline": borderline}
 
 
@@ -101,13 +125,20 @@ class EndToEndAccumulator:
 
         self.conf_threshold = cfg.postprocess.nms.conf_threshold
         self.detectors = {engine: ReplayDetector(engine) for engine in classifiers}
-        self.pipelines = {engine: Pipeline(self.detectors[engine], runner, class_map, cfg, cfg.compare.batch_size)
-                          for engine, runner in classifiers.items()}
+        self.pipelines = {
+            engine: Pipeline(self.detectors[engine], runner, class_map, cfg, cfg.compare.batch_size)
+            for engine, runner in classifiers.items()
+        }
         self.counts = {"photos": 0, "photos_ok": 0, "agree": 0, "differ": 0, "borderline": 0}
         self.disagreements: list[dict[str, Any]] = []
 
-    def __call__(self, items: list[SampleItem], images: list[np.ndarray], x: np.ndarray,
-                 raw: dict[str, np.ndarray]) -> None:
+    def __call__(
+        self,
+        items: list[SampleItem],
+        images: list[np.ndarray],
+        x: np.ndarray,
+        raw: dict[str, np.ndarray],
+    ) -> None:
         out = {}
         for engine, pipe in self.pipelines.items():
             self.detectors[engine].pending = (x, raw[engine])
@@ -115,8 +146,11 @@ class EndToEndAccumulator:
         for item, pt, po in zip(items, out["torch"], out["onnx"]):
             res = compare_photo(pt, po, self.conf_threshold)
             c = self.counts
-            c["agree"], c["borderline"], c["differ"] = c["agree"] + res["agree"], c["borderline"] + res["borderline"], \
-                c["differ"] + len(res["differ"])
+            c["agree"], c["borderline"], c["differ"] = (
+                c["agree"] + res["agree"],
+                c["borderline"] + res["borderline"],
+                c["differ"] + len(res["differ"]),
+            )
             c["photos"], c["photos_ok"] = c["photos"] + 1, c["photos_ok"] + (not res["differ"])
             if len(self.disagreements) < 50:
                 self.disagreements += [{"path": str(item.path), **d} for d in res["differ"]]
@@ -124,10 +158,15 @@ class EndToEndAccumulator:
     def result(self) -> EndToEndParity:
         c = self.counts
         pills = c["agree"] + c["differ"]
-        metrics = {"photos": float(c["photos"]), "pills": float(pills), "agreeing_pills": float(c["agree"]),
-                   "disagreeing_pills": float(c["differ"]), "borderline_pills": float(c["borderline"]),
-                   "pill_agreement": c["agree"] / pills if pills else 1.0,
-                   "photo_agreement": c["photos_ok"] / c["photos"] if c["photos"] else float("nan")}
+        metrics = {
+            "photos": float(c["photos"]),
+            "pills": float(pills),
+            "agreeing_pills": float(c["agree"]),
+            "disagreeing_pills": float(c["differ"]),
+            "borderline_pills": float(c["borderline"]),
+            "pill_agreement": c["agree"] / pills if pills else 1.0,
+            "photo_agreement": c["photos_ok"] / c["photos"] if c["photos"] else float("nan"),
+        }
         result = EndToEndParity(metrics, self.disagreements[:50])
         log.info(result.summary_line())
         return result

@@ -67,46 +67,73 @@ def tolerance_that_passes(value: float, op: str) -> float | None:
     exp = math.floor(math.log10(v))
     for step in (1, 2, 5, 10):
         if step * 10.0**exp >= v:
-            return float(f"{step * 10.0 ** exp:.3g}")
+            return float(f"{step * 10.0**exp:.3g}")
     return v
 
 
-def check(name: str, value: float, limit: float, op: str = "<=", strict_limit: float | None = None) -> Check:
+def check(
+    name: str, value: float, limit: float, op: str = "<=", strict_limit: float | None = None
+) -> Check:
     value = float("nan") if value is None else float(value)
     passed = _passes(value, limit, op)
     strict = None if strict_limit is None else _passes(value, strict_limit, op)
-    return Check(name, value, limit, op, passed, strict_limit, strict,
-                 None if passed else tolerance_that_passes(value, op))
+    return Check(
+        name,
+        value,
+        limit,
+        op,
+        passed,
+        strict_limit,
+        strict,
+        None if passed else tolerance_that_passes(value, op),
+    )
 
 
-def classification_checks(metrics: dict[str, float], gates: GatesConfig, precision: str = "fp32") -> list[Check]:
+def classification_checks(
+    metrics: dict[str, float], gates: GatesConfig, precision: str = "fp32"
+) -> list[Check]:
     fp16 = precision == "fp16"
     mse_mean = gates.fp16_mse_mean if fp16 else gates.mse_mean
     mismatch = gates.fp16_top1_mismatch_rate if fp16 else gates.top1_mismatch_rate
     logit = gates.fp16_rel_logit_diff_p99 if fp16 else gates.rel_logit_diff_p99
     return [
-        check("classification.mse_mean", metrics["mse_mean"], mse_mean, "<=", gates.strict_mse_mean),
+        check(
+            "classification.mse_mean", metrics["mse_mean"], mse_mean, "<=", gates.strict_mse_mean
+        ),
         check("classification.mse_p99", metrics["mse_p99"], gates.mse_p99, "<="),
-        check("classification.top1_mismatch_rate", metrics["top1_mismatch_rate"], mismatch, "<=",
-              gates.strict_top1_mismatch_rate),
+        check(
+            "classification.top1_mismatch_rate",
+            metrics["top1_mismatch_rate"],
+            mismatch,
+            "<=",
+            gates.strict_top1_mismatch_rate,
+        ),
         check("classification.rel_logit_diff_p99", metrics["rel_logit_diff_p99"], logit, "<="),
     ]
 
 
-def detection_checks(metrics: dict[str, float], gates: GatesConfig, precision: str = "fp32") -> list[Check]:
+def detection_checks(
+    metrics: dict[str, float], gates: GatesConfig, precision: str = "fp32"
+) -> list[Check]:
     fp16 = precision == "fp16"
     return [
         check("detection.delta_map50", metrics["delta_map50"], gates.map50_delta, "|<=|"),
         check("detection.delta_map50_95", metrics["delta_map50_95"], gates.map50_95_delta, "|<=|"),
         check("detection.iou_diff_p95", metrics["iou_diff_p95"], gates.iou_diff_p95, "<="),
-        check("detection.score_diff_p95", metrics["score_diff_p95"],
-              gates.fp16_score_diff_p95 if fp16 else gates.score_diff_p95, "<="),
+        check(
+            "detection.score_diff_p95",
+            metrics["score_diff_p95"],
+            gates.fp16_score_diff_p95 if fp16 else gates.score_diff_p95,
+            "<=",
+        ),
         check("detection.unmatched_rate", metrics["unmatched_rate"], gates.unmatched_rate, "<="),
     ]
 
 
 def end_to_end_checks(metrics: dict[str, float], gates: GatesConfig) -> list[Check]:
-    return [check("end_to_end.pill_agreement", metrics["pill_agreement"], gates.e2e_agreement_min, ">=")]
+    return [
+        check("end_to_end.pill_agreement", metrics["pill_agreement"], gates.e2e_agreement_min, ">=")
+    ]
 
 
 @dataclass
@@ -141,10 +168,16 @@ class Verdict:
         missed = [c for c in self.checks if c.strict_passed is False]
         if not missed:
             return None
-        return "; ".join(f"{c.name} = {c.value:.4g} above the strict aim {c.strict_limit:g}" for c in missed)
+        return "; ".join(
+            f"{c.name} = {c.value:.4g} above the strict aim {c.strict_limit:g}" for c in missed
+        )
 
     def summary_line(self) -> str:
         n_fail = len(self.failed_checks)
-        head = f"FAILED ({n_fail} of {len(self.checks)} gates)" if self.failed else f"passed ({len(self.checks)} gates)"
+        head = (
+            f"FAILED ({n_fail} of {len(self.checks)} gates)"
+            if self.failed
+            else f"passed ({len(self.checks)} gates)"
+        )
         strict = "strict aims missed" if self.strict_failed else "strict aims met"
         return f"equivalence {head}; {strict}"

@@ -48,8 +48,11 @@ def check_metadata(cfg: Config, task: str, onnx_path: str | Path) -> list[str]:
         raise MissingPathError(f"{task} ONNX not found: {path}")
     found = read_onnx_metadata(path)
     expected = expected_metadata(cfg, task)
-    bad = [f"{k}: the ONNX has {found[k]!r}, the config expects {v!r}"
-           for k, v in expected.items() if k in found and not _same(k, found[k], v)]
+    bad = [
+        f"{k}: the ONNX has {found[k]!r}, the config expects {v!r}"
+        for k, v in expected.items()
+        if k in found and not _same(k, found[k], v)
+    ]
     if bad:
         raise MetadataMismatchError(
             f"refusing to compare {path}: its embedded metadata disagrees with the config ({cfg.source or 'defaults'}):\n  "
@@ -58,7 +61,9 @@ def check_metadata(cfg: Config, task: str, onnx_path: str | Path) -> list[str]:
         )
     missing = sorted(k for k in expected if k not in found)
     if missing:
-        log.warning("%s carries no %s metadata; those settings cannot be verified", path, ", ".join(missing))
+        log.warning(
+            "%s carries no %s metadata; those settings cannot be verified", path, ", ".join(missing)
+        )
         return [f"ONNX metadata lacks {', '.join(missing)}: not verified against the config"]
     return []
 
@@ -80,16 +85,35 @@ def describe_onnx(cfg: Config, task: str, onnx_path: str | Path) -> ExportResult
     if common.META_INPUT_SHAPE in meta:
         shape = [int(v) for v in meta[common.META_INPUT_SHAPE].split(",")]
     else:
-        shape = list(cfg.detection_input_shape if task == "detection" else cfg.classification_input_shape)
+        shape = list(
+            cfg.detection_input_shape if task == "detection" else cfg.classification_input_shape
+        )
     params = sum(_numel(t) for t in model.graph.initializer) / 1e6
-    arch = meta.get(common.META_ARCH) or (cfg.detection.architecture if task == "detection" else cfg.classification.backbone)
-    nc = int(meta.get(common.META_NUM_CLASSES) or (cfg.detection.num_classes if task == "detection"
-                                                    else cfg.classification.num_classes))
-    exported = meta.get(common.META_EXPORTED_AT) or iso_utc(datetime.fromtimestamp(os.path.getmtime(path), UTC))
+    arch = meta.get(common.META_ARCH) or (
+        cfg.detection.architecture if task == "detection" else cfg.classification.backbone
+    )
+    nc = int(
+        meta.get(common.META_NUM_CLASSES)
+        or (cfg.detection.num_classes if task == "detection" else cfg.classification.num_classes)
+    )
+    exported = meta.get(common.META_EXPORTED_AT) or iso_utc(
+        datetime.fromtimestamp(os.path.getmtime(path), UTC)
+    )
     return common.ExportResult(
-        task=task, arch=arch, num_classes=nc, ckpt_path=str(cfg.checkpoint_path(task)), onnx_path=str(path),
-        opset=int(opset), input_shape=shape, dynamic_axes=dynamic, input_names=inputs, output_names=outputs,
-        params_million=round(params, 4), metadata=meta, exported_at_utc=exported, tag=meta.get(common.META_TAG, ""),
+        task=task,
+        arch=arch,
+        num_classes=nc,
+        ckpt_path=str(cfg.checkpoint_path(task)),
+        onnx_path=str(path),
+        opset=int(opset),
+        input_shape=shape,
+        dynamic_axes=dynamic,
+        input_names=inputs,
+        output_names=outputs,
+        params_million=round(params, 4),
+        metadata=meta,
+        exported_at_utc=exported,
+        tag=meta.get(common.META_TAG, ""),
     )
 
 

@@ -43,7 +43,11 @@ def torch_first_conv_input(runner: Runner, x: np.ndarray) -> np.ndarray | None:
         seen.append(args[0].detach().float().cpu().numpy())
         raise _Stop
 
-    hooks = [m.register_forward_pre_hook(grab) for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [
+        m.register_forward_pre_hook(grab)
+        for m in module.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
     try:
         with torch.inference_mode():
             param = next(module.parameters(), None)
@@ -80,7 +84,9 @@ def onnx_first_conv_input(onnx_path: str, x: np.ndarray) -> np.ndarray | None:
     if target == inputs[0]:
         return x.copy()
     del model.graph.output[:]
-    model.graph.output.append(onnx.helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, None))
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, None)
+    )
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -101,11 +107,16 @@ def _fit_channels(observed: np.ndarray, reference: np.ndarray, step: int = 1) ->
             err = float(np.sqrt(np.mean((y - a * r - b) ** 2)) / (np.std(y) + 1e-12))
             if best is None or err < best[3]:
                 best = (d, float(a), float(b), err)
-        perm.append(best[0]); scale.append(best[1]); shift.append(best[2]); resid.append(best[3])
+        perm.append(best[0])
+        scale.append(best[1])
+        shift.append(best[2])
+        resid.append(best[3])
     return {"permutation": perm, "scale": scale, "shift": shift, "residual": max(resid)}
 
 
-def fit_input_stage(observed: np.ndarray, reference: np.ndarray, max_pad: int = 8) -> dict[str, Any]:
+def fit_input_stage(
+    observed: np.ndarray, reference: np.ndarray, max_pad: int = 8
+) -> dict[str, Any]:
     """Explain ``observed`` as a per-channel affine map of a permutation of ``reference``.
 
     Returns ``kind`` (identity | channel_permutation | affine | permutation_affine |
@@ -116,25 +127,47 @@ def fit_input_stage(observed: np.ndarray, reference: np.ndarray, max_pad: int = 
     """
     n, ch, h, w = reference.shape
     if observed.ndim != 4 or observed.shape[:2] != (n, ch):
-        return {"kind": "other", "detail": f"shape {list(observed.shape)} vs {list(reference.shape)}"}
+        return {
+            "kind": "other",
+            "detail": f"shape {list(observed.shape)} vs {list(reference.shape)}",
+        }
     dh, dw = observed.shape[2] - h, observed.shape[3] - w
     if not (0 <= dh <= max_pad and 0 <= dw <= max_pad):
-        return {"kind": "other", "detail": f"shape {list(observed.shape)} vs {list(reference.shape)}"}
+        return {
+            "kind": "other",
+            "detail": f"shape {list(observed.shape)} vs {list(reference.shape)}",
+        }
     offset = (0, 0)
     if dh or dw:  # choose the offset on a subsampled fit, then fit fully there
         step = max(1, min(h, w) // 32)
         offsets = [(oy, ox) for oy in range(dh + 1) for ox in range(dw + 1)]
-        offset = min(offsets, key=lambda o: _fit_channels(observed[:, :, o[0]:o[0] + h, o[1]:o[1] + w],
-                                                          reference, step)["residual"])
-    out = _fit_channels(observed[:, :, offset[0]:offset[0] + h, offset[1]:offset[1] + w], reference)
+        offset = min(
+            offsets,
+            key=lambda o: _fit_channels(
+                observed[:, :, o[0] : o[0] + h, o[1] : o[1] + w], reference, step
+            )["residual"],
+        )
+    out = _fit_channels(
+        observed[:, :, offset[0] : offset[0] + h, offset[1] : offset[1] + w], reference
+    )
     out["offset"] = list(offset)
     if out["residual"] > FIT_TOLERANCE:
-        return {**out, "kind": "other", "detail": f"no per-channel scale/shift explains it (residual {out['residual']:.2g})"}
+        return {
+            **out,
+            "kind": "other",
+            "detail": f"no per-channel scale/shift explains it (residual {out['residual']:.2g})",
+        }
     perm, scale, shift = out["permutation"], out["scale"], out["shift"]
     permuted = perm != list(range(ch))
-    affine = any(abs(a - 1) > IDENTITY_TOLERANCE or abs(b) > IDENTITY_TOLERANCE for a, b in zip(scale, shift))
-    kind = {(False, False): "identity", (True, False): "channel_permutation", (False, True): "affine",
-            (True, True): "permutation_affine"}[(permuted, affine)]
+    affine = any(
+        abs(a - 1) > IDENTITY_TOLERANCE or abs(b) > IDENTITY_TOLERANCE for a, b in zip(scale, shift)
+    )
+    kind = {
+        (False, False): "identity",
+        (True, False): "channel_permutation",
+        (False, True): "affine",
+        (True, True): "permutation_affine",
+    }[(permuted, affine)]
     return {**out, "kind": kind}
 
 
@@ -154,5 +187,5 @@ def batch_consistency(runner: Runner, x: np.ndarray) -> float:
     if len(x) < 2:
         return 0.0
     together = runner.infer(x)
-    alone = np.concatenate([runner.infer(x[i:i + 1]) for i in range(len(x))])
+    alone = np.concatenate([runner.infer(x[i : i + 1]) for i in range(len(x))])
     return float(np.abs(together - alone).max() / (np.abs(together).max() + 1e-12))

@@ -104,9 +104,15 @@ class _Timed:
         return getattr(self._runner, name)
 
 
-def run_equivalence(cfg: Config, exports: dict[str, ExportResult] | None = None,
-                    classification_onnx: str | Path | None = None, detection_onnx: str | Path | None = None,
-                    out_dir: str | Path | None = None, *, progress: bool = True) -> EquivalenceResult:
+def run_equivalence(
+    cfg: Config,
+    exports: dict[str, ExportResult] | None = None,
+    classification_onnx: str | Path | None = None,
+    detection_onnx: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+) -> EquivalenceResult:
     """Compare Torch and ONNX for every model given, write ``{out_dir}/export_report.json``.
 
     ``exports`` (from ``export_models``) and/or explicit ONNX paths name the models;
@@ -125,33 +131,60 @@ def run_equivalence(cfg: Config, exports: dict[str, ExportResult] | None = None,
         if path is not None:
             models[task] = describe_onnx(cfg, task, path)
     if not models:
-        raise UserInputError("nothing to compare: pass `exports` (from export_models) or an ONNX path per model")
+        raise UserInputError(
+            "nothing to compare: pass `exports` (from export_models) or an ONNX path per model"
+        )
     notes = {task: check_metadata(cfg, task, res.onnx_path) for task, res in models.items()}
     class_map = ClassMap.load(cfg.paths.class_map_path)
     checks: dict[str, list[gates.Check]] = {}
     cls_parity = det_parity = e2e = None
     samples: dict[str, Sample] = {}
     with ExitStack() as stack:
-        runners = {task: {"torch": _Timed(stack.enter_context(create_runner("torch", task, cfg, res.ckpt_path))),
-                          "onnx": _Timed(stack.enter_context(create_runner("onnx", task, cfg, res.onnx_path)))}
-                   for task, res in models.items()}
+        runners = {
+            task: {
+                "torch": _Timed(
+                    stack.enter_context(create_runner("torch", task, cfg, res.ckpt_path))
+                ),
+                "onnx": _Timed(
+                    stack.enter_context(create_runner("onnx", task, cfg, res.onnx_path))
+                ),
+            }
+            for task, res in models.items()
+        }
         if "classification" in models:
-            samples["classification"], cls_parity = _classification(cfg, class_map, runners["classification"], progress)
-            checks["classification"] = gates.classification_checks(cls_parity.metrics, cfg.compare.gates, cfg.compare.precision)
+            samples["classification"], cls_parity = _classification(
+                cfg, class_map, runners["classification"], progress
+            )
+            checks["classification"] = gates.classification_checks(
+                cls_parity.metrics, cfg.compare.gates, cfg.compare.precision
+            )
         if "detection" in models:
             # With both models, the end-to-end check rides along the detection pass (same photos, same raw heads).
-            acc = EndToEndAccumulator(cfg, class_map, {e: runners["classification"][e] for e in ("torch", "onnx")}) \
-                if "classification" in models else None
+            acc = (
+                EndToEndAccumulator(
+                    cfg, class_map, {e: runners["classification"][e] for e in ("torch", "onnx")}
+                )
+                if "classification" in models
+                else None
+            )
             samples["detection"], det_parity = _detection(cfg, runners["detection"], progress, acc)
-            checks["detection"] = gates.detection_checks(det_parity.metrics, cfg.compare.gates, cfg.compare.precision)
+            checks["detection"] = gates.detection_checks(
+                det_parity.metrics, cfg.compare.gates, cfg.compare.precision
+            )
             if acc is not None:
                 e2e = acc.result()
                 checks["end_to_end"] = gates.end_to_end_checks(e2e.metrics, cfg.compare.gates)
         verdict = gates.Verdict([c for group in checks.values() for c in group])
         if verdict.failed:
             verdict.causes = _diagnose(cfg, models, runners, checks, cls_parity, det_parity)
-        compute = {f"{task}_{engine}_s": round(r.compute_s, 3) for task, rr in runners.items() for engine, r in rr.items()}
-        describe = {task: (rr["onnx"].describe(), rr["torch"].describe()) for task, rr in runners.items()}
+        compute = {
+            f"{task}_{engine}_s": round(r.compute_s, 3)
+            for task, rr in runners.items()
+            for engine, r in rr.items()
+        }
+        describe = {
+            task: (rr["onnx"].describe(), rr["torch"].describe()) for task, rr in runners.items()
+        }
     tag = next((r.tag for r in models.values() if r.tag), "") or prepare_version_tag()
     # The sha the release was tagged with (the code that exported it), else the current checkout's.
     tag_sha = tag.rsplit("-", 1)[-1]
@@ -159,22 +192,37 @@ def run_equivalence(cfg: Config, exports: dict[str, ExportResult] | None = None,
     parities = {"classification": cls_parity, "detection": det_parity}
     model_entries = {}
     for task, res in models.items():
-        compare = reporting.compare_section(cfg, task, samples[task], parities[task], checks[task], verdict, notes[task])
+        compare = reporting.compare_section(
+            cfg, task, samples[task], parities[task], checks[task], verdict, notes[task]
+        )
         onnx_desc, torch_desc = describe[task]
-        model_entries[task] = reporting.model_section(cfg, res, git_sha, onnx_desc["providers"], torch_desc["device"], compare)
+        model_entries[task] = reporting.model_section(
+            cfg, res, git_sha, onnx_desc["providers"], torch_desc["device"], compare
+        )
     from pillsnap.report import environment
 
     e2e_note = None if e2e else "needs both models; compared only " + ", ".join(models)
     report = {
-        "schema_version": 1, "version_tag": tag, "git_sha": git_sha, "git_dirty": git_is_dirty(),
-        "exported_at_utc": min(r.exported_at_utc for r in models.values()) or iso_utc(), "compared_at_utc": iso_utc(),
-        "failed": verdict.failed, "failure_reason": verdict.failure_reason(),
+        "schema_version": 1,
+        "version_tag": tag,
+        "git_sha": git_sha,
+        "git_dirty": git_is_dirty(),
+        "exported_at_utc": min(r.exported_at_utc for r in models.values()) or iso_utc(),
+        "compared_at_utc": iso_utc(),
+        "failed": verdict.failed,
+        "failure_reason": verdict.failure_reason(),
         "models": model_entries,
-        "end_to_end": reporting.end_to_end_section(e2e, checks.get("end_to_end", []), verdict, e2e_note),
-        "verdict": reporting.verdict_section(verdict), "environment": environment(), "config": cfg.snapshot(),
+        "end_to_end": reporting.end_to_end_section(
+            e2e, checks.get("end_to_end", []), verdict, e2e_note
+        ),
+        "verdict": reporting.verdict_section(verdict),
+        "environment": environment(),
+        "config": cfg.snapshot(),
         "timing": {"wall_s": round(time.perf_counter() - started, 3), **compute},
     }
-    out = Path(out_dir) if out_dir is not None else Path(next(iter(models.values())).onnx_path).parent
+    out = (
+        Path(out_dir) if out_dir is not None else Path(next(iter(models.values())).onnx_path).parent
+    )
     from pillsnap.report import write_report
 
     report_path = write_report(out / REPORT_NAME, report)
@@ -185,8 +233,9 @@ def run_equivalence(cfg: Config, exports: dict[str, ExportResult] | None = None,
     return EquivalenceResult(report, report_path, verdict, cls_parity, det_parity, e2e, samples)
 
 
-def _classification(cfg: Config, class_map: ClassMap, runners: dict[str, Any],
-                    progress: bool) -> tuple[Sample, ClassificationParity]:
+def _classification(
+    cfg: Config, class_map: ClassMap, runners: dict[str, Any], progress: bool
+) -> tuple[Sample, ClassificationParity]:
     from pillsnap.config import require_path
     from pillsnap.sampling import (
         add_hard_cases,
@@ -195,14 +244,18 @@ def _classification(cfg: Config, class_map: ClassMap, runners: dict[str, Any],
         sample_dataset,
     )
 
-    root = require_path(cfg.paths.classification_data, "paths.classification_data", "the classification dataset")
+    root = require_path(
+        cfg.paths.classification_data, "paths.classification_data", "the classification dataset"
+    )
     index = index_classification(root, class_map)
     sample = sample_dataset(index, cfg.compare, "classification")
     spec = PreprocessSpec.from_config(cfg.classification)
     cache: dict[Path, np.ndarray] = {}
     candidates = hardness_candidates(index, sample, cfg.compare)
     if candidates:
-        scored, logits = _score(candidates, spec, runners["torch"], cfg.compare.batch_size, sample, progress)
+        scored, logits = _score(
+            candidates, spec, runners["torch"], cfg.compare.batch_size, sample, progress
+        )
         if scored:
             top1 = np.exp(log_softmax(logits)).max(axis=1)
             added = add_hard_cases(sample, scored, top1, cfg.compare)
@@ -211,10 +264,21 @@ def _classification(cfg: Config, class_map: ClassMap, runners: dict[str, Any],
             cache = {it.path: row for it, row in zip(scored, logits) if it.path in keep}
     log.info(sample.summary())
     names = {c.index: c.name for c in class_map.classes}
-    parity = compare_classification(sample.items, spec, runners["torch"], runners["onnx"], batch_size=cfg.compare.batch_size,
-                                    skipped=sample.skipped, torch_cache=cache, class_names=names,
-                                    borderline_count=cfg.compare.borderline_log_count, progress=progress)
-    _count_compared_per_bin(sample, parity.rows["torch_top1_prob"].to_numpy(), cfg.compare.hardness_bins)
+    parity = compare_classification(
+        sample.items,
+        spec,
+        runners["torch"],
+        runners["onnx"],
+        batch_size=cfg.compare.batch_size,
+        skipped=sample.skipped,
+        torch_cache=cache,
+        class_names=names,
+        borderline_count=cfg.compare.borderline_log_count,
+        progress=progress,
+    )
+    _count_compared_per_bin(
+        sample, parity.rows["torch_top1_prob"].to_numpy(), cfg.compare.hardness_bins
+    )
     return sample, parity
 
 
@@ -229,35 +293,58 @@ def _count_compared_per_bin(sample: Sample, top1: np.ndarray, edges: list[float]
         sample.hardness.setdefault(label, {"candidates": 0, "added": 0})["compared"] = inside
 
 
-def _score(candidates: list, spec: PreprocessSpec, runner: Any, batch_size: int, sample: Sample,
-           progress: bool) -> tuple[list, np.ndarray]:
+def _score(
+    candidates: list,
+    spec: PreprocessSpec,
+    runner: Any,
+    batch_size: int,
+    sample: Sample,
+    progress: bool,
+) -> tuple[list, np.ndarray]:
     """Torch logits of the hardness candidates (unreadable ones skipped and recorded)."""
     from tqdm.auto import tqdm
 
     items, rows = [], []
-    loader = iter_batches(candidates, batch_size, lambda it: preprocess_one(load_image(it.path), spec), sample.skipped)
-    for batch in tqdm(prefetch(loader), desc="hardness scoring", unit="batch", disable=not progress):
+    loader = iter_batches(
+        candidates, batch_size, lambda it: preprocess_one(load_image(it.path), spec), sample.skipped
+    )
+    for batch in tqdm(
+        prefetch(loader), desc="hardness scoring", unit="batch", disable=not progress
+    ):
         rows.append(runner.infer(np.stack(batch.data)))
         items += batch.items
     return items, (np.concatenate(rows) if rows else np.zeros((0, 0), np.float32))
 
 
-def _detection(cfg: Config, runners: dict[str, Any], progress: bool,
-               e2e: EndToEndAccumulator | None) -> tuple[Sample, DetectionParity]:
+def _detection(
+    cfg: Config, runners: dict[str, Any], progress: bool, e2e: EndToEndAccumulator | None
+) -> tuple[Sample, DetectionParity]:
     from pillsnap.config import require_path
     from pillsnap.sampling import index_detection, sample_dataset
 
     data = require_path(cfg.paths.detection_data, "paths.detection_data", "the detection data YAML")
     sample = sample_dataset(index_detection(data), cfg.compare, "detection")
     log.info(sample.summary())
-    parity = compare_detection(sample.items, cfg, runners["torch"], runners["onnx"], skipped=sample.skipped,
-                               progress=progress, on_batch=e2e)
+    parity = compare_detection(
+        sample.items,
+        cfg,
+        runners["torch"],
+        runners["onnx"],
+        skipped=sample.skipped,
+        progress=progress,
+        on_batch=e2e,
+    )
     return sample, parity
 
 
-def _diagnose(cfg: Config, models: dict[str, ExportResult], runners: dict[str, dict[str, Any]],
-              checks: dict[str, list[gates.Check]], cls: ClassificationParity | None,
-              det: DetectionParity | None) -> list[dict[str, Any]]:
+def _diagnose(
+    cfg: Config,
+    models: dict[str, ExportResult],
+    runners: dict[str, dict[str, Any]],
+    checks: dict[str, list[gates.Check]],
+    cls: ClassificationParity | None,
+    det: DetectionParity | None,
+) -> list[dict[str, Any]]:
     """Probe each failed model and rank the likely causes (all models together, best first)."""
     causes: list[dict[str, Any]] = []
     pre = cfg.classification.preprocessing
@@ -267,16 +354,37 @@ def _diagnose(cfg: Config, models: dict[str, ExportResult], runners: dict[str, d
         x = parity.probe_inputs
         torch_r, onnx_r = runners[task]["torch"], runners[task]["onnx"]
         stage = probes.input_stage(models[task].onnx_path, torch_r._runner, x)
-        batch = {"torch": probes.batch_consistency(torch_r, x), "onnx": probes.batch_consistency(onnx_r, x)}
-        evidence = diagnose.Evidence(task, parity.metrics, cfg.compare.precision, stage, batch,
-                                     getattr(parity, "logit_fit", None),
-                                     tuple(pre.mean) if task == "classification" else None,
-                                     tuple(pre.std) if task == "classification" else None)
+        batch = {
+            "torch": probes.batch_consistency(torch_r, x),
+            "onnx": probes.batch_consistency(onnx_r, x),
+        }
+        evidence = diagnose.Evidence(
+            task,
+            parity.metrics,
+            cfg.compare.precision,
+            stage,
+            batch,
+            getattr(parity, "logit_fit", None),
+            tuple(pre.mean) if task == "classification" else None,
+            tuple(pre.std) if task == "classification" else None,
+        )
         found = diagnose.rank_causes(evidence)
-        log.warning("%s: likely causes: %s", task, "; ".join(f"{c['title']} ({c['score']:.2f}): {c['evidence']}" for c in found))
+        log.warning(
+            "%s: likely causes: %s",
+            task,
+            "; ".join(f"{c['title']} ({c['score']:.2f}): {c['evidence']}" for c in found),
+        )
         causes += found
     if "end_to_end" in checks and not all(c.passed for c in checks["end_to_end"]) and not causes:
-        causes.append({"model": "end_to_end", "cause": "numeric_precision", "title": diagnose.TITLES["numeric_precision"],
-                       "score": 0.5, "evidence": "both models pass their own gates, yet some pills get another "
-                       "edi_code: near-tie crops or boxes flip", "advice": diagnose.ADVICE["numeric_precision"]})
+        causes.append(
+            {
+                "model": "end_to_end",
+                "cause": "numeric_precision",
+                "title": diagnose.TITLES["numeric_precision"],
+                "score": 0.5,
+                "evidence": "both models pass their own gates, yet some pills get another "
+                "edi_code: near-tie crops or boxes flip",
+                "advice": diagnose.ADVICE["numeric_precision"],
+            }
+        )
     return sorted(causes, key=lambda c: -c["score"])

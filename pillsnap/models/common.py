@@ -38,7 +38,9 @@ META_VERSION = "pillsnap.version"
 META_LETTERBOX_IMGSZ = "letterbox.imgsz"  # detector only: square letterbox side
 
 # "Exporting the operator 'aten::foo' to ONNX opset version 17 is not supported"
-_UNSUPPORTED_OP = re.compile(r"operator '?([\w:.]+)'? to ONNX opset version (\d+) is not supported", re.IGNORECASE)
+_UNSUPPORTED_OP = re.compile(
+    r"operator '?([\w:.]+)'? to ONNX opset version (\d+) is not supported", re.IGNORECASE
+)
 
 
 @dataclass
@@ -115,7 +117,9 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def write_onnx_metadata(path: str | Path, metadata: dict[str, str], model: onnx.ModelProto | None = None) -> Path:
+def write_onnx_metadata(
+    path: str | Path, metadata: dict[str, str], model: onnx.ModelProto | None = None
+) -> Path:
     """Merge ``metadata`` into the file's ``metadata_props`` (existing keys are replaced).
 
     The file is rewritten atomically, so a reader never sees a half-written model.
@@ -198,7 +202,9 @@ def _chmod_default(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def base_metadata(cfg: Config, task: str, tag: str, num_classes: int, input_shape: list[int]) -> dict[str, str]:
+def base_metadata(
+    cfg: Config, task: str, tag: str, num_classes: int, input_shape: list[int]
+) -> dict[str, str]:
     """The metadata both exporters write: task, sizes, opset, tag and the class-map digest."""
     from pillsnap import __version__
     from pillsnap.versioning import iso_utc
@@ -220,14 +226,34 @@ def base_metadata(cfg: Config, task: str, tag: str, num_classes: int, input_shap
     }
 
 
-def export_result(task: str, arch: str, num_classes: int, ckpt_path: Path, onnx_path: Path, opset: int,
-                  input_shape: list[int], params_million: float, metadata: dict[str, str], tag: str,
-                  model: onnx.ModelProto) -> ExportResult:
+def export_result(
+    task: str,
+    arch: str,
+    num_classes: int,
+    ckpt_path: Path,
+    onnx_path: Path,
+    opset: int,
+    input_shape: list[int],
+    params_million: float,
+    metadata: dict[str, str],
+    tag: str,
+    model: onnx.ModelProto,
+) -> ExportResult:
     """Build the ``ExportResult`` of a finished export; names and dynamic axes come from the graph."""
     inputs, outputs, dynamic = onnx_io(model)
     return ExportResult(
-        task=task, arch=arch, num_classes=num_classes, ckpt_path=str(ckpt_path), onnx_path=str(onnx_path),
-        opset=opset, input_shape=list(input_shape), dynamic_axes=dynamic, input_names=inputs,
-        output_names=outputs, params_million=round(params_million, 4), metadata=dict(metadata),
-        exported_at_utc=metadata.get(META_EXPORTED_AT, ""), tag=tag,
+        task=task,
+        arch=arch,
+        num_classes=num_classes,
+        ckpt_path=str(ckpt_path),
+        onnx_path=str(onnx_path),
+        opset=opset,
+        input_shape=list(input_shape),
+        dynamic_axes=dynamic,
+        input_names=inputs,
+        output_names=outputs,
+        params_million=round(params_million, 4),
+        metadata=dict(metadata),
+        exported_at_utc=metadata.get(META_EXPORTED_AT, ""),
+        tag=tag,
     )

@@ -33,13 +33,14 @@ def build_detection_model(architecture: str, num_classes: int) -> torch.nn.Modul
     """
     from ultralytics.nn.tasks import DetectionModel
 
-
     name = architecture if architecture.endswith((".yaml", ".yml")) else f"{architecture}.yaml"
     try:
         model = DetectionModel(name, nc=num_classes, verbose=False)
     except (FileNotFoundError, KeyError) as exc:
-        raise UserInputError(f"unknown detection architecture {architecture!r} (config key `detection.architecture`); "
-                             f"expected an Ultralytics model yaml name such as yolo11n or yolo11m") from exc
+        raise UserInputError(
+            f"unknown detection architecture {architecture!r} (config key `detection.architecture`); "
+            f"expected an Ultralytics model yaml name such as yolo11n or yolo11m"
+        ) from exc
     model.names = {i: f"class{i}" for i in range(num_classes)}
     return model
 
@@ -56,8 +57,13 @@ def save_detection_checkpoint(path: str | Path, model: torch.nn.Module, imgsz: i
     from pillsnap.versioning import iso_utc
 
     ckpt = {
-        "date": iso_utc(), "version": ultralytics.__version__, "epoch": -1, "best_fitness": None,
-        "model": copy.deepcopy(model).half(), "ema": None, "optimizer": None,
+        "date": iso_utc(),
+        "version": ultralytics.__version__,
+        "epoch": -1,
+        "best_fitness": None,
+        "model": copy.deepcopy(model).half(),
+        "ema": None,
+        "optimizer": None,
         "train_args": {"task": "detect", "imgsz": imgsz, "model": getattr(model, "yaml_file", "")},
     }
     buf = io.BytesIO()
@@ -74,10 +80,12 @@ def load_detection_model(cfg: Config, ckpt_path: str | Path | None = None) -> to
     """
     from pillsnap.config import require_path
 
-    path = require_path(Path(ckpt_path), "--model / ckpt_path", "the detection checkpoint") if ckpt_path else \
-        cfg.checkpoint_path("detection")
+    path = (
+        require_path(Path(ckpt_path), "--model / ckpt_path", "the detection checkpoint")
+        if ckpt_path
+        else cfg.checkpoint_path("detection")
+    )
     from ultralytics.nn.tasks import load_checkpoint
-
 
     try:
         model, _ = load_checkpoint(str(path), device="cpu", fuse=False)
@@ -88,7 +96,9 @@ def load_detection_model(cfg: Config, ckpt_path: str | Path | None = None) -> to
         ) from exc
     nc = int(getattr(model, "nc", 0) or model.yaml.get("nc", 0))
     if getattr(model, "task", "detect") != "detect":
-        raise CheckpointError(f"{path} is an Ultralytics {model.task!r} model; expected a detection model")
+        raise CheckpointError(
+            f"{path} is an Ultralytics {model.task!r} model; expected a detection model"
+        )
     if nc != cfg.detection.num_classes:
         raise CheckpointError(
             f"{path}: the detector has {nc} class(es), the config expects {cfg.detection.num_classes}; "
@@ -96,8 +106,12 @@ def load_detection_model(cfg: Config, ckpt_path: str | Path | None = None) -> to
         )
     found_arch = Path(str(model.yaml.get("yaml_file", ""))).stem
     if found_arch and found_arch != cfg.detection.architecture:
-        log.warning("%s was built from %s, config says detection.architecture=%s", path, found_arch,
-                    cfg.detection.architecture)
+        log.warning(
+            "%s was built from %s, config says detection.architecture=%s",
+            path,
+            found_arch,
+            cfg.detection.architecture,
+        )
     for p in model.parameters():
         p.requires_grad = False
     model = model.eval().float().fuse(verbose=False)
@@ -105,8 +119,9 @@ def load_detection_model(cfg: Config, ckpt_path: str | Path | None = None) -> to
     return model
 
 
-def export_detection_onnx(cfg: Config, ckpt_path: str | Path | None, out_dir: str | Path,
-                          tag: str | None = None) -> ExportResult:
+def export_detection_onnx(
+    cfg: Config, ckpt_path: str | Path | None, out_dir: str | Path, tag: str | None = None
+) -> ExportResult:
     """Export with Ultralytics' exporter to ``{out_dir}/detection-{tag}.onnx`` (raw head, no NMS).
 
     Ultralytics writes the ONNX next to the ``.pt`` it loaded, so the checkpoint is
@@ -131,15 +146,28 @@ def export_detection_onnx(cfg: Config, ckpt_path: str | Path | None, out_dir: st
         dims = common.onnx_output_dims(onnx_model)
         nc = cfg.detection.num_classes
         if len(dims) != 3 or dims[1] != 4 + nc:
-            raise ExportError(f"{produced}: output shape {dims}, expected the raw head [N, {4 + nc}, anchors]; "
-                              f"was the model exported with nms=True or end2end?")
+            raise ExportError(
+                f"{produced}: output shape {dims}, expected the raw head [N, {4 + nc}, anchors]; "
+                f"was the model exported with nms=True or end2end?"
+            )
         metadata = common.base_metadata(cfg, "detection", tag, nc, shape)
         metadata[common.META_LETTERBOX_IMGSZ] = str(shape[2])
         metadata[common.META_ARCH] = cfg.detection.architecture
         common.write_onnx_metadata(produced, metadata, onnx_model)
         os.replace(produced, final)
-    return common.export_result("detection", cfg.detection.architecture, nc, path_in, final, opset, shape,
-                                common.count_params(model), metadata, tag, onnx_model)
+    return common.export_result(
+        "detection",
+        cfg.detection.architecture,
+        nc,
+        path_in,
+        final,
+        opset,
+        shape,
+        common.count_params(model),
+        metadata,
+        tag,
+        onnx_model,
+    )
 
 
 def _ultralytics_export(staged: Path, cfg: Config, shape: list[int], opset: int) -> Path:
@@ -154,8 +182,15 @@ def _ultralytics_export(staged: Path, cfg: Config, shape: list[int], opset: int)
         with warnings.catch_warnings():  # tracer chatter about Python-side shape checks in the head
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             produced = YOLO(str(staged), task="detect").export(
-                format="onnx", opset=opset, dynamic=cfg.export.dynamic, imgsz=shape[2], batch=shape[0],
-                simplify=cfg.export.simplify, nms=False, half=False, device="cpu",
+                format="onnx",
+                opset=opset,
+                dynamic=cfg.export.dynamic,
+                imgsz=shape[2],
+                batch=shape[0],
+                simplify=cfg.export.simplify,
+                nms=False,
+                half=False,
+                device="cpu",
             )
     except Exception as exc:  # every exporter failure becomes one ExportError with advice
         raise export_error(f"detector {cfg.detection.architecture}", exc, opset) from exc
