@@ -193,28 +193,39 @@ class Pipeline:
         self.activate()
         images = list(images)
         bs = batch_size or self.batch_size
-        pad = self.cfg.classification.preprocessing.crop_padding
         results: list[list[PillPrediction]] = []
         for start in range(0, len(images), bs):
             chunk = [load_image(item) for item in images[start : start + bs]]
-            # A box clipped to nothing at the image border holds no pill to classify.
-            detections = [
-                d[(d[:, 2] > d[:, 0]) & (d[:, 3] > d[:, 1])]
-                for d in detect_images(self.detector, chunk, self.cfg, bs)
-            ]
-            crops = [
-                crop_box(img, row[:4], pad) for img, det in zip(chunk, detections) for row in det
-            ]
-            scores = iter(classify_images(self.classifier, crops, self.spec, self.class_map, bs))
-            for det in detections:
-                pills = []
-                for row in det:
-                    s = next(scores)
-                    box = (float(row[0]), float(row[1]), float(row[2]), float(row[3]))
-                    pills.append(
-                        PillPrediction(
-                            box, float(row[4]), s.class_index, s.edi_code, s.name, s.conf, s.top5
-                        )
+            detections = detect_images(self.detector, chunk, self.cfg, bs)
+            results.extend(self.classify_detections(chunk, detections, bs))
+        return results
+
+    def classify_detections(
+        self,
+        images: Sequence[Image.Image],
+        detections: Sequence[np.ndarray],
+        batch_size: int | None = None,
+    ) -> list[list[PillPrediction]]:
+        """Second stage alone: crop each detection (``[k, 6]`` rows) and classify the crops.
+
+        All crops of all ``images`` are classified together in batches of ``batch_size``.
+        """
+        pad = self.cfg.classification.preprocessing.crop_padding
+        # A box clipped to nothing at the image border holds no pill to classify.
+        detections = [d[(d[:, 2] > d[:, 0]) & (d[:, 3] > d[:, 1])] for d in detections]
+        crops = [crop_box(img, row[:4], pad) for img, det in zip(images, detections) for row in det]
+        bs = batch_size or self.batch_size
+        scores = iter(classify_images(self.classifier, crops, self.spec, self.class_map, bs))
+        results: list[list[PillPrediction]] = []
+        for det in detections:
+            pills = []
+            for row in det:
+                s = next(scores)
+                box = (float(row[0]), float(row[1]), float(row[2]), float(row[3]))
+                pills.append(
+                    PillPrediction(
+                        box, float(row[4]), s.class_index, s.edi_code, s.name, s.conf, s.top5
                     )
-                results.append(pills)
+                )
+            results.append(pills)
         return results

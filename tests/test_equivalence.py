@@ -223,18 +223,6 @@ def test_compare_photo_counts_agreement_disagreement_and_borderline():
     assert {d.get("only_in") for d in res["differ"]} == {None, "onnx"} and len(res["differ"]) == 2
 
 
-def test_replay_detector_refuses_another_batch():
-    from pillsnap.equivalence.end_to_end import ReplayDetector
-
-    det = ReplayDetector("onnx")
-    x = np.zeros((2, 3, 8, 8), np.float32)
-    det.pending = (x, np.ones((2, 5, 4), np.float32))
-    assert det.infer(x.copy()).shape == (2, 5, 4)
-    det.pending = (x, np.ones((2, 5, 4), np.float32))
-    with pytest.raises(RuntimeError, match="letterboxed the photos differently"):
-        det.infer(x + 1)
-
-
 # -- prefetch ---------------------------------------------------------------------------------------
 
 

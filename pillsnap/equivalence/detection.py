@@ -313,16 +313,14 @@ def compare_detection(
     *,
     skipped: list[SkippedFile],
     progress: bool = True,
-    on_batch: Callable[
-        [list[SampleItem], list[np.ndarray], np.ndarray, dict[str, np.ndarray]], None
-    ]
+    on_batch: Callable[[list[SampleItem], list[np.ndarray], list[Any], dict[str, np.ndarray]], None]
     | None = None,
 ) -> DetectionParity:
     """Run both engines on ``items`` and measure parity (see the module doc).
 
     Photos are decoded on one low-priority thread and the raw outputs post-processed
     (NMS, mAP matching, box parity) on another, so both overlap the model compute.
-    ``on_batch(items, rgb_images, x, {"torch": raw, "onnx": raw})`` is called for
+    ``on_batch(items, rgb_images, letterbox_infos, {"torch": raw, "onnx": raw})`` is called for
     every batch, so the end-to-end check reuses the detector outputs instead of
     running both detectors a second time on the same photos.
     """
@@ -355,7 +353,10 @@ def compare_detection(
             pending.append(post.submit(stats.add, batch.items, batch.data, raw_t, raw_o))
             if on_batch is not None:
                 on_batch(
-                    batch.items, [p.rgb for p in batch.data], x, {"torch": raw_t, "onnx": raw_o}
+                    batch.items,
+                    [p.rgb for p in batch.data],
+                    [p.info for p in batch.data],
+                    {"torch": raw_t, "onnx": raw_o},
                 )
             if len(probe) < PROBE_SAMPLES:
                 probe.extend(x[: PROBE_SAMPLES - len(probe)])

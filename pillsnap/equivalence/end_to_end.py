@@ -1,10 +1,10 @@
 """End-to-end parity: the whole pipeline (detect -> crop -> classify -> edi_code), Torch vs ONNX.
 
-Each engine's photos go through ``pillsnap.pipeline.Pipeline.predict`` (its
-letterbox, NMS, crops and classifier batching) with that engine's classifier.
-The detector inside those pipelines is a ``ReplayDetector``: it hands back the
-raw head the detection parity pass already computed for the same letterboxed
-batch (and checks that it is the same batch), so no detector runs twice on a photo.
+Each engine's raw detector head from the detection parity pass (same photos,
+same letterboxed batch) goes through the one ``decode_and_nms`` with the
+deployed NMS settings, then through ``Pipeline.classify_detections`` (the
+pipeline's own crops and classifier batching) with that engine's classifier,
+so no detector runs twice on a photo and no photo is letterboxed twice.
 
 Pills are matched by box (IoU >= 0.5, one to one); a pill agrees when its match
 exists and carries the same edi_code. A pill found by one engine only counts as a
@@ -27,38 +27,11 @@ if TYPE_CHECKING:
     from pillsnap.classmap import ClassMap
     from pillsnap.config import Config
     from pillsnap.pipeline import PillPrediction
+    from pillsnap.preprocess import LetterboxInfo
     from pillsnap.runners import Runner
     from pillsnap.sampling import SampleItem
 
 log = logging.getLogger(__name__)
-
-
-class ReplayDetector:
-    """Runner stand-in that returns a detector output computed earlier for the very same batch."""
-
-    name = "replay-detection"
-
-    def __init__(self, engine: str):
-        self.engine = engine
-        self.pending: tuple[np.ndarray, np.ndarray] | None = None
-
-    def activate(self) -> ReplayDetector:
-        return self
-
-    def deactivate(self) -> None:
-        return None
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        if self.pending is None:
-            raise RuntimeError(f"{self.engine} replay detector: no stored output (pillsnap bug)")
-        x, raw = self.pending
-        self.pending = None
-        if batch.shape != x.shape or not np.array_equal(batch, x):
-            raise RuntimeError(
-                f"{self.engine} replay detector: the pipeline letterboxed the photos differently from "
-                f"the detection parity pass ({list(batch.shape)} vs {list(x.shape)}; pillsnap bug)"
-            )
-        return raw
 
 
 @dataclass
@@ -120,13 +93,19 @@ def compare_photo(
 class EndToEndAccumulator:
     """Fed batch by batch from the detection pass (``on_batch``); ``result()`` gives the parity."""
 
-    def __init__(self, cfg: Config, class_map: ClassMap, classifiers: dict[str, Runner]):
+    def __init__(
+        self,
+        cfg: Config,
+        class_map: ClassMap,
+        classifiers: dict[str, Runner],
+        detectors: dict[str, Runner],
+    ):
         from pillsnap.pipeline import Pipeline
 
+        self.nms = cfg.postprocess.nms
         self.conf_threshold = cfg.postprocess.nms.conf_threshold
-        self.detectors = {engine: ReplayDetector(engine) for engine in classifiers}
         self.pipelines = {
-            engine: Pipeline(self.detectors[engine], runner, class_map, cfg, cfg.compare.batch_size)
+            engine: Pipeline(detectors[engine], runner, class_map, cfg, cfg.compare.batch_size)
             for engine, runner in classifiers.items()
         }
         self.counts = {"photos": 0, "photos_ok": 0, "agree": 0, "differ": 0, "borderline": 0}
@@ -136,13 +115,20 @@ class EndToEndAccumulator:
         self,
         items: list[SampleItem],
         images: list[np.ndarray],
-        x: np.ndarray,
+        infos: list[LetterboxInfo],
         raw: dict[str, np.ndarray],
     ) -> None:
-        out = {}
-        for engine, pipe in self.pipelines.items():
-            self.detectors[engine].pending = (x, raw[engine])
-            out[engine] = pipe.predict(images, batch_size=len(images))
+        from PIL import Image
+
+        from pillsnap.postprocess import decode_and_nms
+
+        pil_images = [Image.fromarray(img) for img in images]
+        out = {
+            engine: pipe.classify_detections(
+                pil_images, decode_and_nms(raw[engine], infos, self.nms)
+            )
+            for engine, pipe in self.pipelines.items()
+        }
         for item, pt, po in zip(items, out["torch"], out["onnx"]):
             res = compare_photo(pt, po, self.conf_threshold)
             c = self.counts

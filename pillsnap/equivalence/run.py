@@ -162,7 +162,10 @@ def run_equivalence(
             # With both models, the end-to-end check rides along the detection pass (same photos, same raw heads).
             acc = (
                 EndToEndAccumulator(
-                    cfg, class_map, {e: runners["classification"][e] for e in ("torch", "onnx")}
+                    cfg,
+                    class_map,
+                    {e: runners["classification"][e] for e in ("torch", "onnx")},
+                    {e: runners["detection"][e] for e in ("torch", "onnx")},
                 )
                 if "classification" in models
                 else None
