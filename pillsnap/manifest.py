@@ -37,6 +37,8 @@ VERSION_PACKAGES = (
     "onnxruntime-gpu",
     "onnxslim",
     "numpy",
+    "pillow",
+    "pydantic",
     "pandas",
     "papermill",
     "nbconvert",

@@ -16,7 +16,6 @@ import json
 import math
 import platform
 import sys
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,20 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "export_report.schema.json"
-LIBRARIES = (
-    "pillsnap",
-    "torch",
-    "torchvision",
-    "timm",
-    "ultralytics",
-    "onnx",
-    "onnxruntime",
-    "onnxruntime-gpu",
-    "onnxslim",
-    "numpy",
-    "pillow",
-    "pydantic",
-)
 
 
 class _Strict(BaseModel):
@@ -244,12 +229,10 @@ def finite_or_none(values: dict[str, Any]) -> dict[str, float | None]:
 
 
 def environment() -> dict[str, Any]:
-    libs = {}
-    for name in LIBRARIES:
-        try:
-            libs[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
+    from pillsnap.manifest import library_versions
+
+    libs = library_versions()
+    libs.pop("python", None)
     return {"python": sys.version.split()[0], "platform": platform.platform(), "libraries": libs}
 
 
