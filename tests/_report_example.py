@@ -118,3 +118,39 @@ def example_report(mse: float = 1e-9) -> dict[str, Any]:
             "tests/_report_example.py no longer matches the report schema:\n" + "\n".join(problems)
         )
     return report
+
+
+# The keys spec E-3 requires for each model and its comparison.
+MODEL_KEYS_E3 = (
+    "backbone",
+    "num_classes",
+    "ckpt_path",
+    "onnx_path",
+    "exported_at_utc",
+    "git_sha",
+    "input_shape",
+    "opset",
+    "dynamic_axes",
+    "params_million",
+    "providers",
+    "postprocess",
+    "compare",
+)
+COMPARE_KEYS_E3 = (
+    "mode",
+    "sample_policy",
+    "sample_count",
+    "per_class_k",
+    "min_classes",
+    "max_total",
+    "sampled_classes",
+    "sampled_images",
+    "mse_mean",
+    "mse_p99",
+    "top1_match_rate",
+    "top1_mismatch_count",
+    "failed",
+    "failure_reason",
+    "deltas",
+    "notes",
+)

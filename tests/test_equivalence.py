@@ -257,40 +257,8 @@ def test_schema_of_report_is_valid_json_schema():
 # -- a real run on the demo experiment ---------------------------------------------------------------
 
 from _demo_release import demo_release
-
-E3_MODEL = (
-    "backbone",
-    "num_classes",
-    "ckpt_path",
-    "onnx_path",
-    "exported_at_utc",
-    "git_sha",
-    "input_shape",
-    "opset",
-    "dynamic_axes",
-    "params_million",
-    "providers",
-    "postprocess",
-    "compare",
-)
-E3_COMPARE = (
-    "mode",
-    "sample_policy",
-    "sample_count",
-    "per_class_k",
-    "min_classes",
-    "max_total",
-    "sampled_classes",
-    "sampled_images",
-    "mse_mean",
-    "mse_p99",
-    "top1_match_rate",
-    "top1_mismatch_count",
-    "failed",
-    "failure_reason",
-    "deltas",
-    "notes",
-)
+from _report_example import COMPARE_KEYS_E3 as E3_COMPARE
+from _report_example import MODEL_KEYS_E3 as E3_MODEL
 
 
 @pytest.fixture(scope="module")

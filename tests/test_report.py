@@ -7,42 +7,9 @@ import json
 
 import jsonschema
 import pytest
+from _report_example import COMPARE_KEYS_E3, MODEL_KEYS_E3
 
 from pillsnap import report as rp
-
-MODEL_KEYS_E3 = (
-    "backbone",
-    "num_classes",
-    "ckpt_path",
-    "onnx_path",
-    "exported_at_utc",
-    "git_sha",
-    "input_shape",
-    "opset",
-    "dynamic_axes",
-    "params_million",
-    "providers",
-    "postprocess",
-    "compare",
-)
-COMPARE_KEYS_E3 = (
-    "mode",
-    "sample_policy",
-    "sample_count",
-    "per_class_k",
-    "min_classes",
-    "max_total",
-    "sampled_classes",
-    "sampled_images",
-    "mse_mean",
-    "mse_p99",
-    "top1_match_rate",
-    "top1_mismatch_count",
-    "failed",
-    "failure_reason",
-    "deltas",
-    "notes",
-)
 
 
 def _compare(**kw) -> dict:
