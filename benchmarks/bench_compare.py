@@ -7,8 +7,10 @@ Two measurements (not a test; CPU heavy, run by hand):
     ``Runner.infer`` call recorded (engine, task, batch shape); the same sequence of
     calls is then replayed serially on fresh runners with inputs of the same shapes:
     that is the pure model compute of the same samples (Torch forward + ORT run;
-    conv-net compute time does not depend on pixel values). Reported:
-    ``overhead = wall / pure compute`` for the in-process call and for the whole
+    conv-net compute time does not depend on pixel values), each engine with all its
+    threads, one engine after the other. Reported: ``overhead = wall / pure compute``
+    for the in-process call with the config's ``compare.parallel_engines`` (the demo:
+    side by side), for the same call with the engines in turn, and for the whole
     ``pillsnap compare`` process (which adds interpreter start, imports and model
     loading). Target: in-process <= 1.10 on the 2-core CPU.
 
@@ -118,7 +120,7 @@ def ensure_val_data(cfg, work: Path):
 
 def bench_fixture(args: argparse.Namespace) -> dict:
     """Best of ``--repeat`` rounds (the machine is shared: the minimum is the least disturbed run)."""
-    from pillsnap.config import load_config
+    from pillsnap.config import apply_overrides, load_config
     from pillsnap.equivalence.run import run_equivalence
     from pillsnap.export import export_models
 
@@ -131,19 +133,21 @@ def bench_fixture(args: argparse.Namespace) -> dict:
         for k in ("detection_data", "classification_data")
     ]
     calls = record_infer_calls()
-    walls, pures, cli_walls, pure_by_runner = [], [], [], {}
-    for i in range(args.repeat):
-        calls.clear()
+    in_turn_cfg = apply_overrides(cfg, {"compare.parallel_engines": False})
+    walls, in_turn_walls, pures, cli_walls, pure_by_runner = [], [], [], [], {}
+
+    def timed(run_cfg, out: Path, into: list[float]):
         start = time.perf_counter()
-        result = run_equivalence(
-            cfg,
-            None,
-            models["classification"],
-            models["detection"],
-            work / f"inproc{i}",
-            progress=False,
+        res = run_equivalence(
+            run_cfg, None, models["classification"], models["detection"], out, progress=False
         )
-        walls.append(time.perf_counter() - start)
+        into.append(time.perf_counter() - start)
+        return res
+
+    for i in range(args.repeat):
+        timed(in_turn_cfg, work / f"inturn{i}", in_turn_walls)
+        calls.clear()
+        result = timed(cfg, work / f"inproc{i}", walls)
         recorded = list(calls)
         pure = replay(cfg, recorded, models)
         pures.append(sum(pure.values()))
@@ -190,6 +194,10 @@ def bench_fixture(args: argparse.Namespace) -> dict:
         "in_process_wall_s": round(min(walls), 2),
         "in_process_wall_runs_s": [round(v, 2) for v in walls],
         "in_process_overhead": round(min(walls) / compute, 3),
+        "engines": result.report["timing"]["engines"],
+        "in_turn_wall_s": round(min(in_turn_walls), 2),
+        "in_turn_wall_runs_s": [round(v, 2) for v in in_turn_walls],
+        "in_turn_overhead": round(min(in_turn_walls) / compute, 3),
         "cli_process_wall_s": round(min(cli_walls), 2),
         "cli_wall_runs_s": [round(v, 2) for v in cli_walls],
         "cli_overhead": round(min(cli_walls) / compute, 3),

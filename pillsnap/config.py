@@ -144,6 +144,12 @@ class CompareConfig(_Section):
     detection_sample_count: int = Field(32, gt=0)
     """Photos compared for detection in smoke mode (coverage/full use all val photos)."""
     batch_size: int = Field(16, gt=0)
+    parallel_engines: bool = False
+    """On the CPU, run Torch and ONNX Runtime side by side, each on its share of the cores.
+
+    Pays for small models whose Torch forward is bound by Python dispatch (the demo's
+    fixture models); slower for production-size models, whose convolutions use every core.
+    """
     precision: Literal["fp32", "fp16"] = "fp32"
     seed: int = 0
     borderline_log_count: int = Field(10, ge=0)

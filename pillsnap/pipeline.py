@@ -21,10 +21,11 @@ from pillsnap.postprocess import decode_and_nms
 from pillsnap.preprocess import (
     ImageLike,
     PreprocessSpec,
-    crop_box,
+    crop_rect,
     letterbox_batch,
     load_image,
     preprocess,
+    preprocess_one,
 )
 
 if TYPE_CHECKING:
@@ -79,6 +80,22 @@ def softmax_topk(logits: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.nda
     return idx, np.take_along_axis(probs, idx, axis=1)
 
 
+def scores_from_logits(logits: np.ndarray, class_map: ClassMap) -> list[ClassScore]:
+    """Classifier logits ``[N, classes]`` -> one ``ClassScore`` per row."""
+    if logits.shape[1] != len(class_map):
+        raise MetadataMismatchError(
+            f"the classifier outputs {logits.shape[1]} classes but the class map has "
+            f"{len(class_map)}; use the class map the model was trained with"
+        )
+    out: list[ClassScore] = []
+    idx, probs = softmax_topk(logits)
+    for row_idx, row_p in zip(idx, probs):
+        top = [(int(i), class_map.edi_code(int(i)), float(p)) for i, p in zip(row_idx, row_p)]
+        best = class_map[top[0][0]]
+        out.append(ClassScore(best.index, best.edi_code, best.name, top[0][2], top))
+    return out
+
+
 def classify_images(
     runner: Runner,
     images: Sequence[ImageLike],
@@ -90,16 +107,7 @@ def classify_images(
     out: list[ClassScore] = []
     for start in range(0, len(images), batch_size):
         logits = runner.infer(preprocess(images[start : start + batch_size], spec))
-        if logits.shape[1] != len(class_map):
-            raise MetadataMismatchError(
-                f"the classifier outputs {logits.shape[1]} classes but the class map has "
-                f"{len(class_map)}; use the class map the model was trained with"
-            )
-        idx, probs = softmax_topk(logits)
-        for row_idx, row_p in zip(idx, probs):
-            top = [(int(i), class_map.edi_code(int(i)), float(p)) for i, p in zip(row_idx, row_p)]
-            best = class_map[top[0][0]]
-            out.append(ClassScore(best.index, best.edi_code, best.name, top[0][2], top))
+        out.extend(scores_from_logits(logits, class_map))
     return out
 
 
@@ -112,6 +120,15 @@ def detect_images(
         batch, infos = letterbox_batch(images[start : start + batch_size], cfg.detection.imgsz)
         out.extend(decode_and_nms(runner.infer(batch), infos, cfg.postprocess.nms))
     return out
+
+
+@dataclass(frozen=True)
+class PreparedCrops:
+    """Detections kept per image (non-empty boxes) and their crops as one classifier batch."""
+
+    detections: list[np.ndarray]
+    tensors: np.ndarray
+    """``[total crops, 3, crop, crop]`` float32, in the order of ``detections``."""
 
 
 class Pipeline:
@@ -210,17 +227,54 @@ class Pipeline:
 
         All crops of all ``images`` are classified together in batches of ``batch_size``.
         """
+        return self.classify_crops(self.prepare_crops(images, detections), batch_size)
+
+    def prepare_crops(
+        self,
+        images: Sequence[Image.Image],
+        detections: Sequence[np.ndarray],
+        reuse: dict[tuple[int, tuple[int, int, int, int]], np.ndarray] | None = None,
+    ) -> PreparedCrops:
+        """CPU half of the second stage: the classifier batch of every detection's crop.
+
+        No model runs here, so callers may do it on another thread while models compute.
+        ``reuse`` maps ``(image index, crop_rect)`` to a crop already preprocessed and is
+        filled in: a second engine's detections of the same images mostly cut the same
+        whole-pixel rectangles, which need not be preprocessed twice.
+        """
         pad = self.cfg.classification.preprocessing.crop_padding
+        reuse = {} if reuse is None else reuse
         # A box clipped to nothing at the image border holds no pill to classify.
-        detections = [d[(d[:, 2] > d[:, 0]) & (d[:, 3] > d[:, 1])] for d in detections]
-        crops = [crop_box(img, row[:4], pad) for img, det in zip(images, detections) for row in det]
+        kept = [d[(d[:, 2] > d[:, 0]) & (d[:, 3] > d[:, 1])] for d in detections]
+        tensors = []
+        for i, (img, det) in enumerate(zip(images, kept)):
+            for row in det:
+                key = (i, crop_rect(row[:4], img.size, pad))
+                if key not in reuse:
+                    reuse[key] = preprocess_one(load_image(img.crop(key[1])), self.spec)
+                tensors.append(reuse[key])
+        batch = (
+            np.stack(tensors)
+            if tensors
+            else np.zeros((0, 3, self.spec.crop, self.spec.crop), np.float32)
+        )
+        return PreparedCrops(kept, batch)
+
+    def classify_crops(
+        self, prepared: PreparedCrops, batch_size: int | None = None
+    ) -> list[list[PillPrediction]]:
+        """Model half of the second stage: classify prepared crops, per image its pills."""
         bs = batch_size or self.batch_size
-        scores = iter(classify_images(self.classifier, crops, self.spec, self.class_map, bs))
+        scores: list[ClassScore] = []
+        for start in range(0, len(prepared.tensors), bs):
+            logits = self.classifier.infer(prepared.tensors[start : start + bs])
+            scores.extend(scores_from_logits(logits, self.class_map))
+        remaining = iter(scores)
         results: list[list[PillPrediction]] = []
-        for det in detections:
+        for det in prepared.detections:
             pills = []
             for row in det:
-                s = next(scores)
+                s = next(remaining)
                 box = (float(row[0]), float(row[1]), float(row[2]), float(row[3]))
                 pills.append(
                     PillPrediction(

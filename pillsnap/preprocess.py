@@ -155,6 +155,16 @@ def crop_box(image: Image.Image, box_xyxy: Iterable[float], padding: float = 0.0
     rounded outwards to whole pixels. Training crops and inference crops both come
     from here, so the classifier sees the same framing in both.
     """
+    return image.crop(crop_rect(box_xyxy, image.size, padding))
+
+
+def crop_rect(
+    box_xyxy: Iterable[float], image_size: tuple[int, int], padding: float = 0.0
+) -> tuple[int, int, int, int]:
+    """The whole-pixel ``(left, top, right, bottom)`` that ``crop_box`` cuts from a ``(w, h)`` image.
+
+    Two boxes with the same rectangle give the same crop, pixel for pixel.
+    """
     x1, y1, x2, y2 = (float(v) for v in box_xyxy)
     if not (x2 > x1 and y2 > y1):
         raise DataError(
@@ -163,9 +173,9 @@ def crop_box(image: Image.Image, box_xyxy: Iterable[float], padding: float = 0.0
     if padding < 0:
         raise DataError(f"crop padding must be >= 0, got {padding}")
     pw, ph = (x2 - x1) * padding, (y2 - y1) * padding
-    w, h = image.size
+    w, h = image_size
     left, top = max(0, int(np.floor(x1 - pw))), max(0, int(np.floor(y1 - ph)))
     right, bottom = min(w, int(np.ceil(x2 + pw))), min(h, int(np.ceil(y2 + ph)))
     if right <= left or bottom <= top:
         raise DataError(f"box {[x1, y1, x2, y2]} lies outside the {w}x{h} image")
-    return image.crop((left, top, right, bottom))
+    return left, top, right, bottom

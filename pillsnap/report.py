@@ -191,8 +191,9 @@ class ExportReport(_Strict):
     verdict: Verdict
     environment: Environment
     config: dict[str, Any]
-    timing: dict[str, float] = Field(
-        description="wall_s of the comparison and seconds spent inside each runner"
+    timing: dict[str, float | str] = Field(
+        description="wall_s of the comparison, seconds spent inside each runner, and how the "
+        "engines shared the CPU (engines: side by side | in turn, thread counts)"
     )
 
 

@@ -368,6 +368,39 @@ def test_result_carries_per_sample_data_for_plots(smoke_run):
 
 
 @pytest.mark.slow
+def test_engines_side_by_side_measure_what_engines_in_turn_measure(release, smoke_run, tmp_path):
+    import torch
+
+    from pillsnap.config import apply_overrides
+    from pillsnap.equivalence.lanes import plan_lanes
+    from pillsnap.equivalence.run import run_equivalence
+
+    cfg, side_by_side, _ = smoke_run
+    threads = torch.get_num_threads()
+    expected = "side by side" if plan_lanes(cfg).parallel else "in turn"
+    assert side_by_side.report["timing"]["engines"] == expected
+    in_turn = run_equivalence(
+        apply_overrides(cfg, {"compare.parallel_engines": False}),
+        release[1],
+        out_dir=tmp_path,
+        progress=False,
+    )
+    assert in_turn.report["timing"]["engines"] == "in turn" and torch.get_num_threads() == threads
+    a, b = side_by_side.report, in_turn.report
+    for task in ("classification", "detection"):
+        ca, cb = a["models"][task]["compare"], b["models"][task]["compare"]
+        assert ca["sampled_images"] == cb["sampled_images"] and ca["failed"] == cb["failed"]
+    cls_a, cls_b = (r["models"]["classification"]["compare"] for r in (a, b))
+    assert cls_a["top1_match_rate"] == cls_b["top1_match_rate"]
+    assert abs(cls_a["mse_mean"] - cls_b["mse_mean"]) < 1e-9
+    det_a, det_b = (r["models"]["detection"]["compare"] for r in (a, b))
+    assert det_a["metrics"]["matched_pairs"] == det_b["metrics"]["matched_pairs"]
+    assert abs(det_a["deltas"]["map_0_5"] - det_b["deltas"]["map_0_5"]) < 1e-6
+    assert a["end_to_end"]["pills"] == b["end_to_end"]["pills"]
+    assert a["end_to_end"]["pill_agreement"] == b["end_to_end"]["pill_agreement"]
+
+
+@pytest.mark.slow
 def test_cli_passes_with_exit_code_0(release, tmp_path, capsys):
     from pillsnap.equivalence.cli import main
 

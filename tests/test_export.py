@@ -26,7 +26,13 @@ def demo_cfg(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(demo_cfg):
-    return export_models(demo_cfg, demo_cfg.paths.out_dir, tag="20250101-000000-abc1234")
+    import torch
+
+    threads = torch.get_num_threads()
+    result = export_models(demo_cfg, demo_cfg.paths.out_dir, tag="20250101-000000-abc1234")
+    # Ultralytics' select_device sets cpu_count - 1 threads; the comparison after it must not run on fewer cores.
+    assert torch.get_num_threads() == threads
+    return result
 
 
 def _input_dims(path):

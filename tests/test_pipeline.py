@@ -102,6 +102,29 @@ def test_crops_of_all_images_are_classified_together(torch_pipeline, photos):
         np.testing.assert_allclose([p.cls_conf for p in a], [p.cls_conf for p in b], atol=1e-4)
 
 
+def test_prepared_crops_reuse_identical_rectangles(torch_pipeline, photos):
+    images = [Image.fromarray(p) if isinstance(p, np.ndarray) else p for p in photos]
+    detections = [
+        np.array([[10.2, 12.7, 80.4, 90.1, 0.9, 0], [30.2, 20.3, 60.4, 70.6, 0.8, 0]], np.float32),
+        np.array([[5.5, 6.5, 50.5, 60.5, 0.7, 0]], np.float32),
+    ]
+    reuse: dict = {}
+    first = torch_pipeline.prepare_crops(images[:2], detections, reuse)
+    assert first.tensors.shape[0] == 3 and len(reuse) == 3
+    # A sub-pixel shift inside the same whole pixels cuts the same crop: nothing new to preprocess.
+    shifted = [d + np.array([0.05, 0.05, 0.05, 0.05, 0, 0], np.float32) for d in detections]
+    second = torch_pipeline.prepare_crops(images[:2], shifted, reuse)
+    assert len(reuse) == 3 and np.array_equal(first.tensors, second.tensors)
+    moved = [d + np.array([2, 0, 2, 0, 0, 0], np.float32) for d in detections]
+    torch_pipeline.prepare_crops(images[:2], moved, reuse)
+    assert len(reuse) == 6
+    via_halves = torch_pipeline.classify_crops(second)
+    direct = torch_pipeline.classify_detections(images[:2], shifted)
+    assert [[(p.box, p.class_index) for p in r] for r in via_halves] == [
+        [(p.box, p.class_index) for p in r] for r in direct
+    ]
+
+
 def test_accepts_paths_bytes_arrays_and_pil(torch_pipeline, photos, tmp_path):
     path = tmp_path / "p.png"
     Image.fromarray(photos[0]).save(path)

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pillsnap.equivalence.batches import iter_batches, prefetch
+from pillsnap.equivalence.lanes import Lanes
 from pillsnap.preprocess import load_image, preprocess_one
 
 if TYPE_CHECKING:
@@ -164,6 +166,7 @@ def compare_classification(
     class_names: dict[int, str] | None = None,
     borderline_count: int = 10,
     progress: bool = True,
+    lanes: Lanes | None = None,
 ) -> ClassificationParity:
     """Run both engines on ``items`` (decoded on a background thread) and measure parity.
 
@@ -173,6 +176,7 @@ def compare_classification(
     import pandas as pd
     from tqdm.auto import tqdm
 
+    lanes = lanes or Lanes.in_turn()
     torch_cache = torch_cache or {}
     class_names = class_names or {}
     fit = LogitFit()
@@ -188,8 +192,10 @@ def compare_classification(
     ) as bar:
         for batch in batches:
             x = np.stack(batch.data)
-            t_logits = _torch_logits(torch_runner, x, batch.items, torch_cache)
-            o_logits = np.asarray(onnx_runner.infer(x), np.float32)
+            t_logits, o_logits = lanes.both(
+                partial(_torch_logits, torch_runner, x, batch.items, torch_cache),
+                partial(onnx_runner.infer, x),
+            )
             fit.update(t_logits, o_logits)
             m = per_sample_metrics(t_logits, o_logits)
             frames.append(

@@ -20,11 +20,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from pillsnap.equivalence.batches import iter_batches, prefetch
+from pillsnap.equivalence.lanes import Lanes
 from pillsnap.postprocess import decode_and_nms
 from pillsnap.preprocess import letterbox, load_image
 from pillsnap.sampling import read_yolo_labels
@@ -305,6 +307,28 @@ class _DetectionStats:
         return DetectionParity(metrics, ious, scores, self.examples, thresholds, np.stack(probe))
 
 
+class BatchConsumer(Protocol):
+    """Something else measured on the detection pass's batches (the end-to-end check).
+
+    ``prepare`` does the CPU work and runs on the post-processing thread;
+    ``classify`` runs one engine's models (Torch on the caller's thread, ONNX Runtime
+    on its lane) two batches later, so the preparation has long finished;
+    ``record`` compares the two engines' results.
+    """
+
+    def prepare(
+        self,
+        items: list[SampleItem],
+        images: list[np.ndarray],
+        infos: list[Any],
+        raw: dict[str, np.ndarray],
+    ) -> Any: ...
+
+    def classify(self, prepared: Any, engine: str) -> Any: ...
+
+    def record(self, prepared: Any, torch_out: Any, onnx_out: Any) -> None: ...
+
+
 def compare_detection(
     items: list[SampleItem],
     cfg: Config,
@@ -313,51 +337,80 @@ def compare_detection(
     *,
     skipped: list[SkippedFile],
     progress: bool = True,
-    on_batch: Callable[[list[SampleItem], list[np.ndarray], list[Any], dict[str, np.ndarray]], None]
-    | None = None,
+    consumer: BatchConsumer | None = None,
+    lanes: Lanes | None = None,
 ) -> DetectionParity:
     """Run both engines on ``items`` and measure parity (see the module doc).
 
     Photos are decoded on one low-priority thread and the raw outputs post-processed
     (NMS, mAP matching, box parity) on another, so both overlap the model compute.
-    ``on_batch(items, rgb_images, letterbox_infos, {"torch": raw, "onnx": raw})`` is called for
-    every batch, so the end-to-end check reuses the detector outputs instead of
-    running both detectors a second time on the same photos.
+    ``consumer`` sees every batch (items, RGB photos, letterbox infos,
+    ``{"torch": raw, "onnx": raw}``), so the end-to-end check reuses the detector
+    outputs instead of running both detectors a second time on the same photos.
+
+    Per batch, with engines side by side (``lanes``): Torch classifies the crops of
+    an earlier batch on its share of the cores while ONNX Runtime runs this batch's
+    detector and the same crops on its lane; then the Torch detector runs alone
+    with every core, where it uses them best (large convolutions).
     """
+    from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
     from pillsnap.equivalence.batches import lower_priority
 
+    lanes = lanes or Lanes.in_turn()
     stats = _DetectionStats(cfg)
     probe: list[np.ndarray] = []
     pending: list[Future[None]] = []
+    prepared: deque[Future[Any]] = deque()
     batches = prefetch(
         iter_batches(
             items, cfg.compare.batch_size, lambda it: load_photo(it, cfg.detection.imgsz), skipped
         )
     )
+
+    def classify_due(due: Any, then: Callable[[], np.ndarray] | None = None) -> tuple[Any, Any]:
+        """Both engines' end-to-end classification of ``due``; ONNX Runtime also runs ``then``."""
+
+        def onnx_side() -> tuple[Any, Any]:
+            out = then() if then is not None else None
+            return out, (consumer.classify(due, "onnx") if due is not None else None)
+
+        torch_pills, (onnx_out, onnx_pills) = lanes.both(
+            lambda: consumer.classify(due, "torch") if due is not None else None, onnx_side
+        )
+        if due is not None:
+            consumer.record(due, torch_pills, onnx_pills)
+        return onnx_out
+
     with (
         ThreadPoolExecutor(1, "pillsnap-postprocess", initializer=lower_priority) as post,
         tqdm(total=len(items), desc="detection parity", unit="photo", disable=not progress) as bar,
     ):
         for batch in batches:
             x = np.stack([p.tensor for p in batch.data])
-            raw_t = np.asarray(torch_runner.infer(x), np.float32)
-            raw_o = np.asarray(onnx_runner.infer(x), np.float32)
+            # Prepared two batches ago: done by now, so the models never wait for the CPU work.
+            due = prepared.popleft().result() if len(prepared) >= 2 else None
+            raw_o = classify_due(due, partial(onnx_runner.infer, x))
+            with lanes.torch_alone():
+                raw_t = torch_runner.infer(x)
             if raw_t.shape != raw_o.shape:
                 raise ValueError(
                     f"Torch raw head {raw_t.shape} and ONNX raw head {raw_o.shape} differ in shape"
                 )
-            pending.append(post.submit(stats.add, batch.items, batch.data, raw_t, raw_o))
-            if on_batch is not None:
-                on_batch(
-                    batch.items,
-                    [p.rgb for p in batch.data],
-                    [p.info for p in batch.data],
-                    {"torch": raw_t, "onnx": raw_o},
+            if consumer is not None:
+                prepared.append(
+                    post.submit(
+                        consumer.prepare,
+                        batch.items,
+                        [p.rgb for p in batch.data],
+                        [p.info for p in batch.data],
+                        {"torch": raw_t, "onnx": raw_o},
+                    )
                 )
+            pending.append(post.submit(stats.add, batch.items, batch.data, raw_t, raw_o))
             if len(probe) < PROBE_SAMPLES:
                 probe.extend(x[: PROBE_SAMPLES - len(probe)])
             while (
@@ -365,6 +418,8 @@ def compare_detection(
             ):  # bounded memory: at most a few batches of raw outputs in flight
                 pending.pop(0).result()
             bar.update(len(batch.items))
+        while prepared:
+            classify_due(prepared.popleft().result())
         for future in pending:
             future.result()
     if stats.counts["photos"] == 0:

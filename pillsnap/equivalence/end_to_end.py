@@ -2,9 +2,12 @@
 
 Each engine's raw detector head from the detection parity pass (same photos,
 same letterboxed batch) goes through the one ``decode_and_nms`` with the
-deployed NMS settings, then through ``Pipeline.classify_detections`` (the
-pipeline's own crops and classifier batching) with that engine's classifier,
-so no detector runs twice on a photo and no photo is letterboxed twice.
+deployed NMS settings, then through the pipeline's own second stage
+(``Pipeline.prepare_crops`` then ``Pipeline.classify_crops``, the two halves of
+``classify_detections``) with that engine's classifier, so no detector runs twice
+on a photo and no photo is letterboxed twice. The CPU half runs on the detection
+pass's worker thread while the models compute; only the model half runs on the
+caller's thread.
 
 Pills are matched by box (IoU >= 0.5, one to one); a pill agrees when its match
 exists and carries the same edi_code. A pill found by one engine only counts as a
@@ -26,7 +29,7 @@ from pillsnap.equivalence.detection import THRESHOLD_BAND, match_boxes
 if TYPE_CHECKING:
     from pillsnap.classmap import ClassMap
     from pillsnap.config import Config
-    from pillsnap.pipeline import PillPrediction
+    from pillsnap.pipeline import PillPrediction, PreparedCrops
     from pillsnap.preprocess import LetterboxInfo
     from pillsnap.runners import Runner
     from pillsnap.sampling import SampleItem
@@ -91,7 +94,7 @@ def compare_photo(
 
 
 class EndToEndAccumulator:
-    """Fed batch by batch from the detection pass (``on_batch``); ``result()`` gives the parity."""
+    """Fed batch by batch from the detection pass (``prepare``, ``classify`` per engine, ``record``)."""
 
     def __init__(
         self,
@@ -111,25 +114,41 @@ class EndToEndAccumulator:
         self.counts = {"photos": 0, "photos_ok": 0, "agree": 0, "differ": 0, "borderline": 0}
         self.disagreements: list[dict[str, Any]] = []
 
-    def __call__(
+    def prepare(
         self,
         items: list[SampleItem],
         images: list[np.ndarray],
         infos: list[LetterboxInfo],
         raw: dict[str, np.ndarray],
-    ) -> None:
+    ) -> tuple[list[SampleItem], dict[str, PreparedCrops]]:
+        """CPU half, safe on a worker thread: each engine's NMS output and its crops."""
         from PIL import Image
 
         from pillsnap.postprocess import decode_and_nms
 
         pil_images = [Image.fromarray(img) for img in images]
-        out = {
-            engine: pipe.classify_detections(
-                pil_images, decode_and_nms(raw[engine], infos, self.nms)
+        reuse: dict[tuple[int, tuple[int, int, int, int]], np.ndarray] = {}
+        return items, {
+            engine: pipe.prepare_crops(
+                pil_images, decode_and_nms(raw[engine], infos, self.nms), reuse
             )
             for engine, pipe in self.pipelines.items()
         }
-        for item, pt, po in zip(items, out["torch"], out["onnx"]):
+
+    def classify(
+        self, prepared: tuple[list[SampleItem], dict[str, PreparedCrops]], engine: str
+    ) -> list[list[PillPrediction]]:
+        """Model half, one engine: its classifier on its own crops, per photo its pills."""
+        return self.pipelines[engine].classify_crops(prepared[1][engine])
+
+    def record(
+        self,
+        prepared: tuple[list[SampleItem], dict[str, PreparedCrops]],
+        torch_pills: list[list[PillPrediction]],
+        onnx_pills: list[list[PillPrediction]],
+    ) -> None:
+        """Compare the two engines' pills photo by photo."""
+        for item, pt, po in zip(prepared[0], torch_pills, onnx_pills):
             res = compare_photo(pt, po, self.conf_threshold)
             c = self.counts
             c["agree"], c["borderline"], c["differ"] = (

@@ -27,6 +27,7 @@ from pillsnap.equivalence.classification import (
 )
 from pillsnap.equivalence.detection import DetectionParity, compare_detection
 from pillsnap.equivalence.end_to_end import EndToEndAccumulator, EndToEndParity
+from pillsnap.equivalence.lanes import Lanes, open_lanes, plan_lanes
 from pillsnap.equivalence.preflight import check_metadata, describe_onnx
 from pillsnap.exceptions import UserInputError
 from pillsnap.preprocess import PreprocessSpec, load_image, preprocess_one
@@ -122,6 +123,7 @@ def run_equivalence(
     ``result.failed`` / ``result.failure_reason`` (the CLI turns it into exit 1).
     """
     from pillsnap.classmap import ClassMap
+    from pillsnap.config import apply_overrides
     from pillsnap.runners import create_runner
     from pillsnap.versioning import get_git_sha, git_is_dirty, iso_utc, prepare_version_tag
 
@@ -139,6 +141,12 @@ def run_equivalence(
     checks: dict[str, list[gates.Check]] = {}
     cls_parity = det_parity = e2e = None
     samples: dict[str, Sample] = {}
+    lanes = plan_lanes(cfg)
+    onnx_cfg = (
+        apply_overrides(cfg, {"runtime.intra_op_threads": lanes.onnx_threads})
+        if lanes.parallel
+        else cfg
+    )
     with ExitStack() as stack:
         runners = {
             task: {
@@ -146,14 +154,15 @@ def run_equivalence(
                     stack.enter_context(create_runner("torch", task, cfg, res.ckpt_path))
                 ),
                 "onnx": _Timed(
-                    stack.enter_context(create_runner("onnx", task, cfg, res.onnx_path))
+                    stack.enter_context(create_runner("onnx", task, onnx_cfg, res.onnx_path))
                 ),
             }
             for task, res in models.items()
         }
+        stack.enter_context(open_lanes(lanes))
         if "classification" in models:
             samples["classification"], cls_parity = _classification(
-                cfg, class_map, runners["classification"], progress
+                cfg, class_map, runners["classification"], progress, lanes
             )
             checks["classification"] = gates.classification_checks(
                 cls_parity.metrics, cfg.compare.gates, cfg.compare.precision
@@ -170,7 +179,9 @@ def run_equivalence(
                 if "classification" in models
                 else None
             )
-            samples["detection"], det_parity = _detection(cfg, runners["detection"], progress, acc)
+            samples["detection"], det_parity = _detection(
+                cfg, runners["detection"], progress, acc, lanes
+            )
             checks["detection"] = gates.detection_checks(
                 det_parity.metrics, cfg.compare.gates, cfg.compare.precision
             )
@@ -221,7 +232,11 @@ def run_equivalence(
         "verdict": reporting.verdict_section(verdict),
         "environment": environment(),
         "config": cfg.snapshot(),
-        "timing": {"wall_s": round(time.perf_counter() - started, 3), **compute},
+        "timing": {
+            "wall_s": round(time.perf_counter() - started, 3),
+            **compute,
+            **lanes.describe(),
+        },
     }
     out = (
         Path(out_dir) if out_dir is not None else Path(next(iter(models.values())).onnx_path).parent
@@ -237,7 +252,7 @@ def run_equivalence(
 
 
 def _classification(
-    cfg: Config, class_map: ClassMap, runners: dict[str, Any], progress: bool
+    cfg: Config, class_map: ClassMap, runners: dict[str, Any], progress: bool, lanes: Lanes
 ) -> tuple[Sample, ClassificationParity]:
     from pillsnap.config import require_path
     from pillsnap.sampling import (
@@ -256,9 +271,10 @@ def _classification(
     cache: dict[Path, np.ndarray] = {}
     candidates = hardness_candidates(index, sample, cfg.compare)
     if candidates:
-        scored, logits = _score(
-            candidates, spec, runners["torch"], cfg.compare.batch_size, sample, progress
-        )
+        with lanes.torch_alone():
+            scored, logits = _score(
+                candidates, spec, runners["torch"], cfg.compare.batch_size, sample, progress
+            )
         if scored:
             top1 = np.exp(log_softmax(logits)).max(axis=1)
             added = add_hard_cases(sample, scored, top1, cfg.compare)
@@ -278,6 +294,7 @@ def _classification(
         class_names=names,
         borderline_count=cfg.compare.borderline_log_count,
         progress=progress,
+        lanes=lanes,
     )
     _count_compared_per_bin(
         sample, parity.rows["torch_top1_prob"].to_numpy(), cfg.compare.hardness_bins
@@ -320,7 +337,11 @@ def _score(
 
 
 def _detection(
-    cfg: Config, runners: dict[str, Any], progress: bool, e2e: EndToEndAccumulator | None
+    cfg: Config,
+    runners: dict[str, Any],
+    progress: bool,
+    e2e: EndToEndAccumulator | None,
+    lanes: Lanes,
 ) -> tuple[Sample, DetectionParity]:
     from pillsnap.config import require_path
     from pillsnap.sampling import index_detection, sample_dataset
@@ -335,7 +356,8 @@ def _detection(
         runners["onnx"],
         skipped=sample.skipped,
         progress=progress,
-        on_batch=e2e,
+        consumer=e2e,
+        lanes=lanes,
     )
     return sample, parity
 

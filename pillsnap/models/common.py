@@ -66,6 +66,22 @@ class ExportResult:
         return asdict(self)
 
 
+@contextlib.contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Undo Ultralytics' ``select_device``, which sets Torch to ``cpu_count - 1`` threads.
+
+    On a 2-core machine that is one thread: everything after an export or a val in the
+    same process (the comparison, a notebook's inference) would run at half speed.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def count_params(model: torch.nn.Module) -> float:
     """Number of parameters in millions (buffers such as BatchNorm statistics excluded)."""
     return sum(p.numel() for p in model.parameters()) / 1e6

@@ -176,10 +176,13 @@ def _ultralytics_export(staged: Path, cfg: Config, shape: list[int], opset: int)
     import torch
     from ultralytics import YOLO
 
-    from pillsnap.models.common import export_error
+    from pillsnap.models.common import export_error, keep_torch_threads
 
     try:
-        with warnings.catch_warnings():  # tracer chatter about Python-side shape checks in the head
+        with (
+            keep_torch_threads(),
+            warnings.catch_warnings(),  # tracer chatter about Python-side shape checks in the head
+        ):
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             produced = YOLO(str(staged), task="detect").export(
                 format="onnx",

@@ -42,29 +42,31 @@ def train_detector(
     from ultralytics import YOLO
 
     import pillsnap  # noqa: F401  (sets YOLO_OFFLINE before ultralytics is imported)
+    from pillsnap.models.common import keep_torch_threads
 
     start = time.perf_counter()
     model = YOLO(spec.architecture)
-    model.train(
-        data=str(Path(data_yaml).resolve()),
-        epochs=spec.epochs,
-        imgsz=spec.imgsz,
-        batch=spec.batch,
-        workers=spec.workers,
-        seed=spec.seed,
-        deterministic=True,
-        pretrained=False,
-        plots=False,
-        amp=False,
-        device="cpu",
-        project=str(Path(workdir).resolve()),
-        name="detector",
-        exist_ok=True,
-        close_mosaic=spec.close_mosaic,
-        cache=spec.cache,
-        val=True,
-        verbose=False,
-    )
+    with keep_torch_threads():
+        model.train(
+            data=str(Path(data_yaml).resolve()),
+            epochs=spec.epochs,
+            imgsz=spec.imgsz,
+            batch=spec.batch,
+            workers=spec.workers,
+            seed=spec.seed,
+            deterministic=True,
+            pretrained=False,
+            plots=False,
+            amp=False,
+            device="cpu",
+            project=str(Path(workdir).resolve()),
+            name="detector",
+            exist_ok=True,
+            close_mosaic=spec.close_mosaic,
+            cache=spec.cache,
+            val=True,
+            verbose=False,
+        )
     best = Path(model.trainer.best)
     ensure_dir(Path(out_ckpt).parent)
     shutil.copyfile(best, out_ckpt)
@@ -84,20 +86,22 @@ def evaluate_detector(
     from ultralytics import YOLO
 
     import pillsnap  # noqa: F401
+    from pillsnap.models.common import keep_torch_threads
 
     start = time.perf_counter()
-    metrics = YOLO(str(ckpt)).val(
-        data=str(Path(data_yaml).resolve()),
-        imgsz=imgsz,
-        batch=16,
-        device="cpu",
-        plots=False,
-        workers=0,
-        project=str(Path(workdir).resolve()),
-        name="detector_val",
-        exist_ok=True,
-        verbose=False,
-    )
+    with keep_torch_threads():
+        metrics = YOLO(str(ckpt)).val(
+            data=str(Path(data_yaml).resolve()),
+            imgsz=imgsz,
+            batch=16,
+            device="cpu",
+            plots=False,
+            workers=0,
+            project=str(Path(workdir).resolve()),
+            name="detector_val",
+            exist_ok=True,
+            verbose=False,
+        )
     return {
         "map50": round(float(metrics.box.map50), 4),
         "map50_95": round(float(metrics.box.map), 4),
