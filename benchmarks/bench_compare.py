@@ -194,10 +194,18 @@ def bench_fixture(args: argparse.Namespace) -> dict:
         "in_process_wall_s": round(min(walls), 2),
         "in_process_wall_runs_s": [round(v, 2) for v in walls],
         "in_process_overhead": round(min(walls) / compute, 3),
+        # Each round's wall over the replay measured right after it: robust to the machine's drift.
+        "in_process_overhead_per_round": [round(w / p, 3) for w, p in zip(walls, pures)],
+        "in_process_overhead_median": round(
+            float(np.median([w / p for w, p in zip(walls, pures)])), 3
+        ),
         "engines": result.report["timing"]["engines"],
         "in_turn_wall_s": round(min(in_turn_walls), 2),
         "in_turn_wall_runs_s": [round(v, 2) for v in in_turn_walls],
         "in_turn_overhead": round(min(in_turn_walls) / compute, 3),
+        "in_turn_overhead_median": round(
+            float(np.median([w / p for w, p in zip(in_turn_walls, pures)])), 3
+        ),
         "cli_process_wall_s": round(min(cli_walls), 2),
         "cli_wall_runs_s": [round(v, 2) for v in cli_walls],
         "cli_overhead": round(min(cli_walls) / compute, 3),

@@ -102,19 +102,8 @@ def prefetch(iterator: Iterator[T], depth: int = 2) -> Iterator[T]:
 
 
 def lower_priority() -> None:
-    """Let the calling thread run only on cycles nobody else wants (Linux; elsewhere a no-op).
-
-    ``SCHED_IDLE`` rather than nice 19: the scheduler preempts an idle-policy thread
-    the moment a normal thread wakes, whereas a nice-19 thread may finish its time
-    slice first, delaying a model thread that every other model thread waits for.
-    """
-    tid = threading.get_native_id()
+    """Give the calling thread the lowest CPU priority (Linux: per-thread nice 19; elsewhere a no-op)."""
     try:
-        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        return
-    except (AttributeError, OSError):
-        pass
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, 19)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (AttributeError, OSError):
         return
