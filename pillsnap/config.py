@@ -15,12 +15,15 @@ import difflib
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pillsnap.exceptions import ConfigError, MissingPathError
+
+if TYPE_CHECKING:
+    import argparse
 
 CONFIG_ENV = "PILLSNAP_CONFIG"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -485,3 +488,18 @@ def _expected(err: dict[str, Any]) -> str:
         "model_type": "a mapping",
     }
     return names.get(kind, "a valid value")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--config PATH`` and repeatable ``--set KEY=VALUE``, the same in every command."""
+    parser.add_argument(
+        "--config", type=Path, help="config YAML (default $PILLSNAP_CONFIG or ./config.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"dotted config override, repeatable (e.g. --set {example})",
+    )

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from pillsnap.config import add_config_arguments
 from pillsnap.exceptions import DataError, PillsnapError, UserInputError
 
 TASKS = ("pipeline", "detect", "classify")
@@ -47,17 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task", choices=TASKS, default="pipeline", help="default pipeline (detect -> classify)"
     )
-    p.add_argument(
-        "--config", type=Path, help="config YAML (default $PILLSNAP_CONFIG or ./config.yaml)"
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, repeatable (e.g. --set postprocess.nms.conf_threshold=0.4)",
-    )
+    add_config_arguments(p, "postprocess.nms.conf_threshold=0.4")
     p.add_argument("--quantize", choices=("int8",), help="INT8 model (not available yet)")
     p.add_argument("--out", type=Path, help="write JSON lines here instead of stdout")
     return p

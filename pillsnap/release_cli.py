@@ -15,21 +15,13 @@ import os
 import sys
 from pathlib import Path
 
-from pillsnap.config import load_config
+from pillsnap.config import add_config_arguments, load_config
 
 ACTIONS = ("verify", "diff", "latest", "checkpoints")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="config YAML (default $PILLSNAP_CONFIG or ./config.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted config override, repeatable (e.g. --set compare.mode=smoke)",
-    )
+    add_config_arguments(parser, "compare.mode=smoke")
     parser.add_argument(
         "--exp-dir", help="override paths.exp_dir (checkpoints/ and class_map.json)"
     )

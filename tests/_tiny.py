@@ -23,6 +23,15 @@ TINY = {
     "classification": {"backbone": "tf_efficientnetv2_b0", "num_classes": 5, "img_size": 64},
 }
 # Low cut so that even random detector weights yield boxes to crop and classify.
+# A comparison small enough for a test that runs the real CLI on the demo experiment.
+SMALL_COMPARE_ARGS = [
+    "--set",
+    "compare.sample_count=16",
+    "--set",
+    "compare.detection_sample_count=8",
+    "--set",
+    "compare.hard_per_bin=1",
+]
 LOW_CONF = {"postprocess.nms.conf_threshold": 0.001, "postprocess.nms.max_detections": 4}
 
 
@@ -105,3 +114,20 @@ def write_photos(folder: Path, count: int, seed: int = 0) -> list[Path]:
         )
         paths.append(path)
     return paths
+
+
+def python3_notebook(*sources: str, parameters: str):
+    """A notebook on the stock ``python3`` kernel: a tagged parameters cell, then ``sources``."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [
+        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+        *(nbformat.v4.new_code_cell(src) for src in sources),
+    ]
+    return nb

@@ -22,19 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _demo_release import demo_release
+from _tiny import SMALL_COMPARE_ARGS
 
 from pillsnap.exceptions import MetadataMismatchError
 
 pytestmark = pytest.mark.slow
-FAST = [
-    "--set",
-    "compare.sample_count=16",
-    "--set",
-    "compare.detection_sample_count=8",
-    "--set",
-    "compare.hard_per_bin=1",
-    "--quiet",
-]
+FAST = [*SMALL_COMPARE_ARGS, "--quiet"]
 
 
 # -- planting -------------------------------------------------------------------------------------

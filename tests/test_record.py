@@ -4,6 +4,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+from _tiny import python3_notebook
 
 from pillsnap.record import RECORD_MIME, read_records, record, to_jsonable
 
@@ -61,19 +62,11 @@ def test_read_records_later_wins_and_ignores_other_outputs(tmp_path):
 def test_record_round_trips_through_papermill(tmp_path):
     import papermill
 
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells = [
-        nbformat.v4.new_code_cell("n: int = 2  # how many", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(
-            "import numpy as np\nfrom pillsnap.record import record\n"
-            "record('scores', np.linspace(0, 1, n))\nrecord('verdict', {'passed': True})"
-        ),
-    ]
+    nb = python3_notebook(
+        "import numpy as np\nfrom pillsnap.record import record\n"
+        "record('scores', np.linspace(0, 1, n))\nrecord('verdict', {'passed': True})",
+        parameters="n: int = 2  # how many",
+    )
     src, out = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, src)
     papermill.execute_notebook(

@@ -20,6 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from _tiny import SMALL_COMPARE_ARGS, python3_notebook
 
 from pillsnap.config import load_config
 from pillsnap.exceptions import MissingPathError, ReleaseError, UserInputError
@@ -60,16 +61,7 @@ record("written", sorted(p.name for p in out.iterdir()))
 def write_stage(nb_dir: Path, name: str, body: str, **subs: object) -> Path:
     for key, value in subs.items():
         body = body.replace(key, repr(value))
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells = [
-        nbformat.v4.new_code_cell(PARAMS, metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(textwrap.dedent(body)),
-    ]
+    nb = python3_notebook(textwrap.dedent(body), parameters=PARAMS)
     path = nb_dir / f"{name}.ipynb"
     nbformat.write(nb, path)
     return path
@@ -383,14 +375,7 @@ def test_export_script_checks_checkpoints_first(project):
 # -- the real notebooks on the demo experiment -----------------------------------------------
 
 DEMO_CONFIG = REPO / "examples" / "synthetic" / "config.yaml"
-SMALL = [
-    "--set",
-    "compare.sample_count=16",
-    "--set",
-    "compare.detection_sample_count=8",
-    "--set",
-    "compare.hard_per_bin=1",
-]
+SMALL = SMALL_COMPARE_ARGS
 
 
 @pytest.fixture(scope="module")

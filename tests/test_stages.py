@@ -3,6 +3,7 @@ import sys
 
 import nbformat
 import pytest
+from _tiny import python3_notebook
 
 from pillsnap import stages
 from pillsnap.exceptions import MissingPathError
@@ -58,17 +59,11 @@ def test_stage_notebook_lists_what_exists(tmp_path):
 
 
 def test_failed_stage_records_cell_and_error(tmp_path):
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells = [
-        nbformat.v4.new_code_cell("x: int = 1  # a parameter", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("print('before')"),
-        nbformat.v4.new_code_cell("raise ValueError(f'bad x {x}')"),
-    ]
+    nb = python3_notebook(
+        "print('before')",
+        "raise ValueError(f'bad x {x}')",
+        parameters="x: int = 1  # a parameter",
+    )
     nbformat.write(nb, tmp_path / "stage.ipynb")
     out = tmp_path / "out"
     out.mkdir()

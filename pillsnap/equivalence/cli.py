@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pillsnap.config import add_config_arguments
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -22,12 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="config YAML (default $PILLSNAP_CONFIG or ./config.yaml)",
-    )
+    add_config_arguments(p, "compare.seed=3")
     p.add_argument(
         "--mode",
         choices=["smoke", "coverage", "full"],
@@ -40,14 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--detection-onnx", type=Path, help="compare this detector ONNX instead of exporting"
     )
     p.add_argument("--out-dir", type=Path, help="release folder for the report (and exports)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, repeatable (e.g. --set compare.seed=3)",
-    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
