@@ -11,6 +11,7 @@ export YOLO_AUTOINSTALL := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo test lab install data lint clean-runs
+LINTED := pillsnap tests benchmarks scripts notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +29,7 @@ demo: data
 	$(BIN)/pillsnap release --config $(DEMO_CONFIG)
 	@echo "Record: runs/latest/export.html, runs/latest/equivalence.html; report: runs/latest/export_report.json"
 
-test: data
+test: data lint
 	$(BIN)/python -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 	rm -rf runs/scratch
 
@@ -37,7 +38,8 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=. --no-browser
 
 lint: $(STAMP)
-	$(BIN)/ruff check pillsnap tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 clean-runs:
 	rm -rf runs/*/ runs/latest runs/latest_*.onnx

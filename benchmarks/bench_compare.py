@@ -45,7 +45,7 @@ DEMO = ROOT / "examples" / "synthetic" / "config.yaml"
 
 def record_infer_calls() -> list[tuple[str, tuple[int, ...]]]:
     """Patch ``Runner.infer`` to log ``(runner name, batch shape)`` of every call."""
-    from pillsnap.runners import Runner
+    from pillsnap.engines.runners import Runner
 
     calls: list[tuple[str, tuple[int, ...]]] = []
     original = Runner.infer
@@ -60,7 +60,7 @@ def record_infer_calls() -> list[tuple[str, tuple[int, ...]]]:
 
 def replay(cfg, calls, models: dict[str, str]) -> dict[str, float]:
     """Seconds of pure compute per runner for the recorded calls (serial, inputs pre-built)."""
-    from pillsnap.runners import create_runner
+    from pillsnap.engines.runners import create_runner
 
     totals: dict[str, float] = {}
     rng = np.random.default_rng(0)
@@ -122,7 +122,7 @@ def bench_fixture(args: argparse.Namespace) -> dict:
     """Best of ``--repeat`` rounds (the machine is shared: the minimum is the least disturbed run)."""
     from pillsnap.config import apply_overrides, load_config
     from pillsnap.equivalence.run import run_equivalence
-    from pillsnap.export import export_models
+    from pillsnap.models.export import export_models
 
     work = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     cfg = ensure_val_data(load_config(args.config, [f"compare.mode={args.mode}"]), work)

@@ -47,8 +47,8 @@ def timed_pair(fns: dict, warmup: int, iterations: int) -> dict:
 
 
 def bench_model(label: str, cfg, task: str, batch: int, args, out_dir: Path) -> dict:
-    from pillsnap.export import export_classification_onnx, export_detection_onnx
-    from pillsnap.runners import create_runner
+    from pillsnap.engines.runners import create_runner
+    from pillsnap.models.export import export_classification_onnx, export_detection_onnx
 
     exporter = export_detection_onnx if task == "detection" else export_classification_onnx
     start = time.perf_counter()

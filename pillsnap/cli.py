@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "pillsnap.equivalence.cli",
         "Torch <-> ONNX equivalence check, writes export_report.json",
     ),
-    "release": ("pillsnap.release_cli", "run the papermill release; verify / diff releases"),
+    "release": ("pillsnap.release.cli", "run the papermill release; verify / diff releases"),
 }
 
 

@@ -152,10 +152,10 @@ def run(args: argparse.Namespace) -> int:
 def _make_task(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
     """``predict(images) -> (records, counts)`` for the task, and a one-line engine description."""
     from pillsnap.classmap import ClassMap
+    from pillsnap.engines.runners import create_runner
     from pillsnap.pipeline import Pipeline, classify_images, detect_images
     from pillsnap.postprocess import detections_to_dicts
     from pillsnap.preprocess import PreprocessSpec
-    from pillsnap.runners import create_runner
 
     models = list(args.model)
     wanted = 2 if args.task == "pipeline" else 1

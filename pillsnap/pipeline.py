@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from pillsnap.classmap import ClassMap
     from pillsnap.config import Config
-    from pillsnap.runners import Runner
+    from pillsnap.engines.runners import Runner
 
 log = logging.getLogger(__name__)
 TOP_K = 5
@@ -168,7 +168,7 @@ class Pipeline:
     ) -> Pipeline:
         """Runners of one engine (checkpoints from the config for torch) and the configured class map."""
         from pillsnap.classmap import ClassMap
-        from pillsnap.runners import create_runner
+        from pillsnap.engines.runners import create_runner
 
         detector = create_runner(engine, "detection", cfg, detection_model)
         classifier = create_runner(engine, "classification", cfg, classification_model)

@@ -29,7 +29,7 @@ if ! [[ "$OPSET" =~ ^[0-9]+$ ]]; then
 fi
 
 # Pre-check: both checkpoints exist (paths come from the config, never hard-coded).
-mapfile -t checkpoints < <("$PYTHON" -m pillsnap.release_cli checkpoints --config "$CONFIG" "$@")
+mapfile -t checkpoints < <("$PYTHON" -m pillsnap.release checkpoints --config "$CONFIG" "$@")
 if [[ "${#checkpoints[@]}" -ne 2 ]]; then
   echo "[ERROR] could not read checkpoint paths from $CONFIG" >&2
   exit 2

@@ -18,7 +18,8 @@ from pathlib import Path
 import nbformat
 import papermill
 
-from pillsnap.stages import ensure_kernel, project_root
+from pillsnap.environment import project_root
+from pillsnap.release.stages import ensure_kernel
 
 MARKER = "# NBVAL_CHECK_OUTPUT"
 

@@ -67,7 +67,7 @@ def demo_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, dict
             "examples/synthetic/checkpoints are not trained yet (run `pillsnap synth train`)"
         )
     if "release" not in _CACHE:
-        from pillsnap.export import export_models
+        from pillsnap.models.export import export_models
 
         root = tmp_path_factory.mktemp("demo-release")
         cfg = load_config(DEMO / "config.yaml", {"paths.out_dir": str(root / "runs")})

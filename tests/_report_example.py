@@ -1,7 +1,7 @@
 """A small, schema-valid ``export_report.json`` for tests that fake the export stage.
 
 Built by hand (not by running an export) so the release-driver tests stay fast;
-``example_report`` checks itself against ``pillsnap.report`` so a schema change
+``example_report`` checks itself against ``pillsnap.report.schema`` so a schema change
 shows up here first, with the list of problems.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pillsnap.report import validate_report
+from pillsnap.report.schema import validate_report
 
 _TS = "2025-01-01T00:00:00Z"
 

@@ -73,7 +73,7 @@ def test_pipeline_writes_jsonl_and_skips_unreadable_files(
 def test_detect_and_classify_tasks_with_onnx(config_path, photos_dir, tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="onnxruntime is needed for --engine onnx")
     from pillsnap.config import load_config
-    from pillsnap.export import export_models
+    from pillsnap.models.export import export_models
 
     res = export_models(load_config(config_path), tmp_path, tag="cli")
     glob = str(photos_dir / "*.jpg")

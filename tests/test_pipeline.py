@@ -141,7 +141,7 @@ def test_accepts_paths_bytes_arrays_and_pil(torch_pipeline, photos, tmp_path):
 
 def test_onnx_pipeline_matches_torch(torch_pipeline, photos, demo_cfg):
     pytest.importorskip("onnxruntime", reason="onnxruntime is needed for the ONNX pipeline")
-    from pillsnap.export import export_models
+    from pillsnap.models.export import export_models
 
     res = export_models(demo_cfg, demo_cfg.paths.out_dir, tag="pipe")
     with Pipeline.from_config(

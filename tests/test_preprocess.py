@@ -10,10 +10,10 @@ from PIL import Image
 
 import pillsnap.pipeline as pipeline_mod
 from pillsnap.classmap import ClassMap
+from pillsnap.engines.runners import create_runner
 from pillsnap.pipeline import Pipeline, classify_images, detect_images
 from pillsnap.postprocess import decode_and_nms
 from pillsnap.preprocess import PreprocessSpec, crop_box, letterbox, letterbox_batch, load_image
-from pillsnap.runners import create_runner
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ class Spy:
 
 def test_torch_and_onnx_receive_the_same_tensors_from_the_one_preprocess(demo_cfg, monkeypatch):
     pytest.importorskip("onnxruntime", reason="onnxruntime is needed to compare engines")
-    from pillsnap.export import export_models
+    from pillsnap.models.export import export_models
 
     onnx = {
         k: v.onnx_path

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pillsnap.exceptions import DataError
-from pillsnap.sampling import SampleItem, SkippedFile
+from pillsnap.sampling.sample import SampleItem, SkippedFile
 
 T = TypeVar("T")
 _DONE = object()

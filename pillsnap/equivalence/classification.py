@@ -31,9 +31,9 @@ from pillsnap.preprocess import load_image, preprocess_one
 if TYPE_CHECKING:
     import pandas as pd
 
+    from pillsnap.engines.runners import Runner
     from pillsnap.preprocess import PreprocessSpec
-    from pillsnap.runners import Runner
-    from pillsnap.sampling import SampleItem, SkippedFile
+    from pillsnap.sampling.sample import SampleItem, SkippedFile
 
 log = logging.getLogger(__name__)
 PROBE_SAMPLES = 4

@@ -12,10 +12,13 @@ pre-processing).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from pillsnap.config import add_config_arguments
+
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--detection-onnx", type=Path, help="compare this detector ONNX instead of exporting"
     )
     p.add_argument("--out-dir", type=Path, help="release folder for the report (and exports)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars or progress log: only warnings and the final summary",
+    )
     return p
 
 
@@ -45,20 +52,20 @@ def main(argv: list[str] | None = None) -> int:
     from pillsnap.config import load_config
 
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        logging.getLogger().setLevel(logging.WARNING)
     overrides = list(args.overrides) + ([f"compare.mode={args.mode}"] if args.mode else [])
     cfg = load_config(args.config, overrides)
     exports = None
     out_dir = args.out_dir
     if args.classification_onnx is None and args.detection_onnx is None:
-        from pillsnap.export import export_models
+        from pillsnap.models.export import export_models
         from pillsnap.versioning import prepare_version_tag
 
         tag = prepare_version_tag()
         out_dir = out_dir or cfg.paths.out_dir / tag
-        print(f"exporting both models into {out_dir} ...")
+        log.info("exporting both models into %s ...", out_dir)
         exports = export_models(cfg, out_dir, tag)
-        for name, res in exports.items():
-            print(f"  {name}: {res.onnx_path}")
 
     from pillsnap.equivalence.run import run_equivalence
 
@@ -70,10 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         out_dir,
         progress=not args.quiet,
     )
-    for parity in (result.classification, result.detection, result.end_to_end):
-        if parity is not None:
-            print(parity.summary_line())
-    print(result.verdict.summary_line())
+    # Without --quiet the library has logged each parity line and the verdict as it finished.
+    if args.quiet:
+        for parity in (result.classification, result.detection, result.end_to_end):
+            if parity is not None:
+                print(parity.summary_line())
+        print(result.verdict.summary_line())
+    if exports:
+        print("exported: " + " ".join(str(res.onnx_path) for res in exports.values()))
     print(f"report: {result.report_path}")
     if not result.failed:
         return 0

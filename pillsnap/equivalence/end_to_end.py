@@ -24,15 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pillsnap.equivalence.detection import THRESHOLD_BAND, match_boxes
+from pillsnap.equivalence.boxes import match_boxes
+from pillsnap.equivalence.detection import THRESHOLD_BAND
 
 if TYPE_CHECKING:
     from pillsnap.classmap import ClassMap
     from pillsnap.config import Config
+    from pillsnap.engines.runners import Runner
     from pillsnap.pipeline import PillPrediction, PreparedCrops
     from pillsnap.preprocess import LetterboxInfo
-    from pillsnap.runners import Runner
-    from pillsnap.sampling import SampleItem
+    from pillsnap.sampling.sample import SampleItem
 
 log = logging.getLogger(__name__)
 

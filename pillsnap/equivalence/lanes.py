@@ -96,8 +96,8 @@ def plan_lanes(cfg: Config) -> Lanes:
     """Side by side when both engines will run on the CPU and there are two cores or more."""
     import torch
 
-    from pillsnap.providers import select_onnx_providers
-    from pillsnap.runners import resolve_torch_device
+    from pillsnap.engines.providers import select_onnx_providers
+    from pillsnap.environment import resolve_torch_device
 
     cores = available_cores()
     threads = torch.get_num_threads()

@@ -40,8 +40,8 @@ def check_metadata(cfg: Config, task: str, onnx_path: str | Path) -> list[str]:
 
     Returns notes for the report (e.g. keys the file does not carry, which cannot be verified).
     """
+    from pillsnap.engines.runners import expected_metadata
     from pillsnap.models.common import read_onnx_metadata
-    from pillsnap.runners import expected_metadata
 
     path = Path(onnx_path)
     if not path.is_file():

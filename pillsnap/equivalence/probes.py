@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from pillsnap.runners import Runner
+    from pillsnap.engines.runners import Runner
 
 log = logging.getLogger(__name__)
 FIT_TOLERANCE = 1e-3

@@ -1,11 +1,11 @@
-"""Turn parity results, gates and causes into the ``export_report.json`` dict (``pillsnap.report`` schema)."""
+"""Turn parity results, gates and causes into the ``export_report.json`` dict (``pillsnap.report.schema`` schema)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pillsnap.report import finite_or_none
+from pillsnap.report.schema import finite_or_none
 
 if TYPE_CHECKING:
     from pillsnap.config import Config
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from pillsnap.equivalence.end_to_end import EndToEndParity
     from pillsnap.equivalence.gates import Check, Verdict
     from pillsnap.models.common import ExportResult
-    from pillsnap.sampling import Sample
+    from pillsnap.sampling.sample import Sample
 
 
 def _num(metrics: dict[str, float], key: str) -> float | None:

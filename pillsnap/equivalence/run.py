@@ -7,7 +7,6 @@ gates -> (on failure) probes and ranked causes -> validated ``export_report.json
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 import time
@@ -19,27 +18,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pillsnap.equivalence import diagnose, gates, probes, reporting
-from pillsnap.equivalence.batches import iter_batches, prefetch
 from pillsnap.equivalence.classification import (
     ClassificationParity,
-    compare_classification,
-    log_softmax,
 )
-from pillsnap.equivalence.detection import DetectionParity, compare_detection
+from pillsnap.equivalence.detection import DetectionParity
 from pillsnap.equivalence.end_to_end import EndToEndAccumulator, EndToEndParity
-from pillsnap.equivalence.lanes import Lanes, open_lanes, plan_lanes
+from pillsnap.equivalence.lanes import open_lanes, plan_lanes
+from pillsnap.equivalence.parity import classification_parity, detection_parity
 from pillsnap.equivalence.preflight import check_metadata, describe_onnx
 from pillsnap.exceptions import UserInputError
-from pillsnap.preprocess import PreprocessSpec, load_image, preprocess_one
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pillsnap.classmap import ClassMap
     from pillsnap.config import Config
+    from pillsnap.engines.runners import Runner
     from pillsnap.models.common import ExportResult
-    from pillsnap.runners import Runner
-    from pillsnap.sampling import Sample
+    from pillsnap.sampling.sample import Sample
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "export_report.json"
@@ -124,7 +119,7 @@ def run_equivalence(
     """
     from pillsnap.classmap import ClassMap
     from pillsnap.config import apply_overrides
-    from pillsnap.runners import create_runner
+    from pillsnap.engines.runners import create_runner
     from pillsnap.versioning import get_git_sha, git_is_dirty, iso_utc, prepare_version_tag
 
     started = time.perf_counter()
@@ -161,7 +156,7 @@ def run_equivalence(
         }
         stack.enter_context(open_lanes(lanes))
         if "classification" in models:
-            samples["classification"], cls_parity = _classification(
+            samples["classification"], cls_parity = classification_parity(
                 cfg, class_map, runners["classification"], progress, lanes
             )
             checks["classification"] = gates.classification_checks(
@@ -179,7 +174,7 @@ def run_equivalence(
                 if "classification" in models
                 else None
             )
-            samples["detection"], det_parity = _detection(
+            samples["detection"], det_parity = detection_parity(
                 cfg, runners["detection"], progress, acc, lanes
             )
             checks["detection"] = gates.detection_checks(
@@ -213,7 +208,7 @@ def run_equivalence(
         model_entries[task] = reporting.model_section(
             cfg, res, git_sha, onnx_desc["providers"], torch_desc["device"], compare
         )
-    from pillsnap.report import environment
+    from pillsnap.environment import report_environment
 
     e2e_note = None if e2e else "needs both models; compared only " + ", ".join(models)
     report = {
@@ -230,7 +225,7 @@ def run_equivalence(
             e2e, checks.get("end_to_end", []), verdict, e2e_note
         ),
         "verdict": reporting.verdict_section(verdict),
-        "environment": environment(),
+        "environment": report_environment(),
         "config": cfg.snapshot(),
         "timing": {
             "wall_s": round(time.perf_counter() - started, 3),
@@ -241,125 +236,12 @@ def run_equivalence(
     out = (
         Path(out_dir) if out_dir is not None else Path(next(iter(models.values())).onnx_path).parent
     )
-    from pillsnap.report import write_report
+    from pillsnap.report.schema import write_report
 
     report_path = write_report(out / REPORT_NAME, report)
-    for parity in (cls_parity, det_parity, e2e):
-        if parity is not None:
-            log.info(parity.summary_line())
+    # Each parity logged its own summary line when it finished; the verdict closes the run.
     log.info("%s -> %s", verdict.summary_line(), report_path)
     return EquivalenceResult(report, report_path, verdict, cls_parity, det_parity, e2e, samples)
-
-
-def _classification(
-    cfg: Config, class_map: ClassMap, runners: dict[str, Any], progress: bool, lanes: Lanes
-) -> tuple[Sample, ClassificationParity]:
-    from pillsnap.config import require_path
-    from pillsnap.sampling import (
-        add_hard_cases,
-        hardness_candidates,
-        index_classification,
-        sample_dataset,
-    )
-
-    root = require_path(
-        cfg.paths.classification_data, "paths.classification_data", "the classification dataset"
-    )
-    index = index_classification(root, class_map)
-    sample = sample_dataset(index, cfg.compare, "classification")
-    spec = PreprocessSpec.from_config(cfg.classification)
-    cache: dict[Path, np.ndarray] = {}
-    candidates = hardness_candidates(index, sample, cfg.compare)
-    if candidates:
-        with lanes.torch_alone():
-            scored, logits = _score(
-                candidates, spec, runners["torch"], cfg.compare.batch_size, sample, progress
-            )
-        if scored:
-            top1 = np.exp(log_softmax(logits)).max(axis=1)
-            added = add_hard_cases(sample, scored, top1, cfg.compare)
-            # Torch already ran on these: the comparison reuses the outputs instead of a second forward pass.
-            keep = {it.path for it in added}
-            cache = {it.path: row for it, row in zip(scored, logits) if it.path in keep}
-    log.info(sample.summary())
-    names = {c.index: c.name for c in class_map.classes}
-    parity = compare_classification(
-        sample.items,
-        spec,
-        runners["torch"],
-        runners["onnx"],
-        batch_size=cfg.compare.batch_size,
-        skipped=sample.skipped,
-        torch_cache=cache,
-        class_names=names,
-        borderline_count=cfg.compare.borderline_log_count,
-        progress=progress,
-        lanes=lanes,
-    )
-    _count_compared_per_bin(
-        sample, parity.rows["torch_top1_prob"].to_numpy(), cfg.compare.hardness_bins
-    )
-    return sample, parity
-
-
-def _count_compared_per_bin(sample: Sample, top1: np.ndarray, edges: list[float]) -> None:
-    """How many of the compared samples fall in each Torch-confidence bin (hard cases included)."""
-    from pillsnap.sampling import bin_label
-
-    for b, (lo, hi) in enumerate(itertools.pairwise(edges)):
-        last = b == len(edges) - 2
-        label = bin_label(lo, hi, last)
-        inside = int(((top1 >= lo) & ((top1 <= hi) if last else (top1 < hi))).sum())
-        sample.hardness.setdefault(label, {"candidates": 0, "added": 0})["compared"] = inside
-
-
-def _score(
-    candidates: list,
-    spec: PreprocessSpec,
-    runner: Any,
-    batch_size: int,
-    sample: Sample,
-    progress: bool,
-) -> tuple[list, np.ndarray]:
-    """Torch logits of the hardness candidates (unreadable ones skipped and recorded)."""
-    from tqdm.auto import tqdm
-
-    items, rows = [], []
-    loader = iter_batches(
-        candidates, batch_size, lambda it: preprocess_one(load_image(it.path), spec), sample.skipped
-    )
-    for batch in tqdm(
-        prefetch(loader), desc="hardness scoring", unit="batch", disable=not progress
-    ):
-        rows.append(runner.infer(np.stack(batch.data)))
-        items += batch.items
-    return items, (np.concatenate(rows) if rows else np.zeros((0, 0), np.float32))
-
-
-def _detection(
-    cfg: Config,
-    runners: dict[str, Any],
-    progress: bool,
-    e2e: EndToEndAccumulator | None,
-    lanes: Lanes,
-) -> tuple[Sample, DetectionParity]:
-    from pillsnap.config import require_path
-    from pillsnap.sampling import index_detection, sample_dataset
-
-    data = require_path(cfg.paths.detection_data, "paths.detection_data", "the detection data YAML")
-    sample = sample_dataset(index_detection(data), cfg.compare, "detection")
-    log.info(sample.summary())
-    parity = compare_detection(
-        sample.items,
-        cfg,
-        runners["torch"],
-        runners["onnx"],
-        skipped=sample.skipped,
-        progress=progress,
-        consumer=e2e,
-        lanes=lanes,
-    )
-    return sample, parity
 
 
 def _diagnose(

@@ -1,0 +1,137 @@
+"""``pillsnap release diff A B``: what changed between two release records.
+
+Compares the manifests and ``export_report.json`` of two release folders:
+verdicts, git state, every scalar of the report (parity metrics, params, opset,
+...), ONNX sizes, library versions, config values and stage results. Release
+tags inside values (file names, paths) are replaced by ``<tag>`` first, so only
+real changes show.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pillsnap.release.manifest import REPORT_NAME, read_manifest
+
+_SKIP_REPORT_KEYS = ("_at_utc", "sha256", "timing", "git_sha", "elapsed")
+"""Keys that differ between any two runs (times, hashes of files that embed the tag): not changes."""
+_MAX_VALUE_CHARS = 60
+
+
+@dataclass(frozen=True)
+class DiffRow:
+    section: str
+    key: str
+    a: Any
+    b: Any
+
+    @property
+    def changed(self) -> bool:
+        return self.a != self.b
+
+
+def diff_releases(a: str | Path, b: str | Path) -> list[DiffRow]:
+    """Every compared value of releases ``a`` and ``b`` (``row.changed`` marks differences)."""
+    a, b = Path(a), Path(b)
+    ma, mb = read_manifest(a), read_manifest(b)
+    ta, tb = ma.get("tag", ""), mb.get("tag", "")
+    sections: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+        ("release", _release_facts(ma), _release_facts(mb)),
+        ("report", _flatten(_read_report(a), ta), _flatten(_read_report(b), tb)),
+        ("size", _onnx_sizes(ma, ta), _onnx_sizes(mb, tb)),
+        ("version", ma.get("versions", {}), mb.get("versions", {})),
+        ("config", _flatten(ma.get("config", {}), ta), _flatten(mb.get("config", {}), tb)),
+        ("stage", _stage_status(ma), _stage_status(mb)),
+    ]
+    rows = []
+    for section, left, right in sections:
+        for key in sorted(set(left) | set(right), key=_natural):
+            rows.append(DiffRow(section, key, left.get(key), right.get(key)))
+    return rows
+
+
+def format_diff(rows: list[DiffRow], a_name: str, b_name: str, only_changed: bool = True) -> str:
+    """A plain-text table; ``only_changed=False`` lists unchanged values too."""
+    shown = [r for r in rows if r.changed or not only_changed]
+    if not shown:
+        return f"no differences between {a_name} and {b_name} ({len(rows)} values compared)"
+    table = [("section", "key", a_name, b_name)] + [
+        (r.section, r.key, _fmt(r.a), _fmt(r.b)) for r in shown
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    changed = sum(r.changed for r in rows)
+    lines.append(f"{changed} of {len(rows)} compared values differ")
+    return "\n".join(lines)
+
+
+def _release_facts(m: dict[str, Any]) -> dict[str, Any]:
+    git = m.get("git", {})
+    return {
+        "verdict": m.get("verdict"),
+        "failure_reason": m.get("failure_reason"),
+        "git.sha": git.get("sha"),
+        "git.dirty": git.get("dirty"),
+        "kernel": m.get("kernel"),
+        "providers": ",".join(m.get("providers", [])),
+    }
+
+
+def _read_report(folder: Path) -> dict[str, Any]:
+    path = folder / REPORT_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _onnx_sizes(m: dict[str, Any], tag: str) -> dict[str, Any]:
+    return {
+        _untag(name, tag): entry.get("size")
+        for name, entry in m.get("artifacts", {}).items()
+        if name.endswith(".onnx") and "size" in entry
+    }
+
+
+def _stage_status(m: dict[str, Any]) -> dict[str, Any]:
+    return {s.get("name", "?"): s.get("status") for s in m.get("stages", [])}
+
+
+def _flatten(node: Any, tag: str, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if any(skip in str(key) for skip in _SKIP_REPORT_KEYS):
+                continue
+            out.update(_flatten(value, tag, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(node, list) and any(isinstance(v, (dict, list)) for v in node):
+        text = json.dumps(node, sort_keys=True)
+        text = _untag(text, tag)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        out[prefix] = text if len(text) <= _MAX_VALUE_CHARS else f"<{len(node)} items #{digest}>"
+    elif isinstance(node, list):
+        out[prefix] = _untag(json.dumps(node), tag)
+    elif isinstance(node, str):
+        out[prefix] = _untag(node, tag)
+    else:
+        out[prefix] = node
+    return out
+
+
+def _untag(text: str, tag: str) -> str:
+    return text.replace(tag, "<tag>") if tag else text
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = str(value)
+    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 3] + "..."
+
+
+def _natural(key: str) -> tuple[str, ...]:
+    return tuple(key.split("."))

@@ -1,0 +1,276 @@
+"""``export_report.json``: the one report schema (pydantic), its JSON Schema, writer and validator.
+
+The pydantic model below is the source of truth; ``pillsnap/schemas/export_report.schema.json``
+is generated from it (``python -m pillsnap.report --write-schema``) and committed so
+that other runtimes can validate a report without Python. Every report written by
+``write_report`` is validated first; an invalid one is never written.
+
+Per model the spec E-3 keys are present (``backbone``, ``num_classes``, ...,
+``compare.deltas``, ``compare.notes``); keys that do not apply to a model are
+null (``mse_mean`` for the detector, ``deltas`` for the classifier).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).parents[1] / "schemas" / "export_report.schema.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Nms(_Strict):
+    conf_threshold: float
+    iou_threshold: float
+    max_detections: int
+    class_agnostic: bool
+
+
+class EvalThresholds(_Strict):
+    conf_threshold: float
+    iou_threshold: float
+    max_detections: int
+
+
+class Postprocess(_Strict):
+    nms: Nms
+    applied_in: Literal["python_common"] = "python_common"
+    map_eval: EvalThresholds
+    """Thresholds used only for the mAP figures (standard low confidence cut)."""
+
+
+class Deltas(_Strict):
+    map_0_5: float | None = Field(description="mAP@0.5 ONNX minus Torch; null for the classifier")
+    map_0_5_0_95: float | None = Field(
+        description="mAP@0.5:0.95 ONNX minus Torch; null for the classifier"
+    )
+
+
+class SkippedFile(_Strict):
+    path: str
+    reason: str
+
+
+class Gate(_Strict):
+    name: str
+    value: float | None
+    limit: float
+    op: Literal["<=", ">=", "|<=|"]
+    passed: bool
+    strict_limit: float | None = None
+    strict_passed: bool | None = None
+    would_pass_at: float | None = None
+
+
+class Cause(_Strict):
+    model: str | None
+    cause: str
+    title: str
+    score: float
+    evidence: str
+    advice: str
+
+
+class Strict(_Strict):
+    failed: bool
+    reason: str | None
+
+
+class Compare(_Strict):
+    mode: Literal["smoke", "coverage", "full"]
+    sample_policy: str
+    sample_count: int
+    per_class_k: int
+    min_classes: int
+    max_total: int
+    sampled_classes: int
+    sampled_images: int
+    mse_mean: float | None
+    mse_p99: float | None
+    top1_match_rate: float | None
+    top1_mismatch_count: int | None
+    failed: bool
+    failure_reason: str | None
+    deltas: Deltas
+    notes: list[str]
+    precision: Literal["fp32", "fp16"]
+    at_risk_count: int | None = Field(
+        description="samples whose probability difference could reorder their top two"
+    )
+    metrics: dict[str, float | None]
+    gates: list[Gate]
+    strict: Strict
+    likely_causes: list[Cause]
+    per_class_mismatch_top10: list[dict[str, Any]]
+    borderline_cases: list[dict[str, Any]]
+    hardness_bins: dict[str, dict[str, int]]
+    thresholds: dict[str, dict[str, float]]
+    skipped_count: int
+    skipped_files: list[SkippedFile]
+    empty_classes: list[str]
+    seed: int
+
+
+class ModelReport(_Strict):
+    task: Literal["detection", "classification"]
+    backbone: str = Field(description="timm backbone or Ultralytics architecture")
+    num_classes: int
+    ckpt_path: str
+    ckpt_sha256: str | None
+    onnx_path: str
+    onnx_sha256: str
+    exported_at_utc: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+    git_sha: str = Field(pattern=r"^([0-9a-f]{7}|nogit)$")
+    input_shape: list[int]
+    opset: int
+    dynamic_axes: dict[str, dict[str, str]]
+    input_names: list[str]
+    output_names: list[str]
+    params_million: float
+    providers: list[str]
+    torch_device: str
+    metadata: dict[str, str]
+    postprocess: Postprocess
+    compare: Compare
+
+
+class Models(_Strict):
+    detection: ModelReport | None = None
+    classification: ModelReport | None = None
+
+
+class EndToEnd(_Strict):
+    compared: bool
+    note: str | None = None
+    photos: int | None = None
+    pills: int | None = None
+    pill_agreement: float | None = None
+    photo_agreement: float | None = None
+    borderline_pills: int | None = None
+    disagreements: list[dict[str, Any]] = []
+    failed: bool = False
+    failure_reason: str | None = None
+
+
+class Verdict(_Strict):
+    failed: bool
+    failure_reason: str | None
+    failed_checks: list[str]
+    summary: str
+    strict: Strict
+    likely_causes: list[Cause]
+
+
+class Environment(_Strict):
+    python: str
+    platform: str
+    libraries: dict[str, str]
+
+
+class ExportReport(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    version_tag: str
+    git_sha: str = Field(pattern=r"^([0-9a-f]{7}|nogit)$")
+    git_dirty: bool | None
+    exported_at_utc: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+    compared_at_utc: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+    failed: bool
+    failure_reason: str | None
+    models: Models
+    end_to_end: EndToEnd
+    verdict: Verdict
+    environment: Environment
+    config: dict[str, Any]
+    timing: dict[str, float | str] = Field(
+        description="wall_s of the comparison, seconds spent inside each runner, and how the "
+        "engines shared the CPU (engines: side by side | in turn, thread counts)"
+    )
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def schema() -> dict[str, Any]:
+    return ExportReport.model_json_schema()
+
+
+def schema_text() -> str:
+    return json.dumps(schema(), indent=2, sort_keys=True) + "\n"
+
+
+def validate_report(data: dict[str, Any]) -> list[str]:
+    """Every schema problem of a report (``[]`` when valid), as ``location: message``."""
+    try:
+        ExportReport.model_validate(data)
+    except ValidationError as exc:
+        return [
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        ]
+    return []
+
+
+def finite_or_none(values: dict[str, Any]) -> dict[str, float | None]:
+    """Metrics for JSON: NaN / inf become null (JSON has no NaN), numpy scalars become floats."""
+    out: dict[str, float | None] = {}
+    for key, value in values.items():
+        v = float(value)
+        out[key] = v if math.isfinite(v) else None
+    return out
+
+
+def write_report(path: str | Path, report: dict[str, Any] | ExportReport) -> Path:
+    """Validate, then write atomically; raises ``ValueError`` listing every problem of an invalid report."""
+    from pillsnap.fileio import save_json
+
+    data = report.model_dump(mode="json") if isinstance(report, ExportReport) else report
+    problems = validate_report(data)
+    if problems:
+        raise ValueError(
+            "refusing to write an invalid export_report.json (this is a pillsnap bug):\n  "
+            + "\n  ".join(problems[:20])
+        )
+    return save_json(path, data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pillsnap.report --write-schema | --check-schema | FILE...`` (validate reports)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pillsnap.report", description=main.__doc__)
+    parser.add_argument(
+        "--write-schema", action="store_true", help=f"regenerate {SCHEMA_PATH.name}"
+    )
+    parser.add_argument(
+        "--check-schema", action="store_true", help="exit 1 if the committed schema is stale"
+    )
+    parser.add_argument(
+        "reports", nargs="*", type=Path, help="export_report.json files to validate"
+    )
+    args = parser.parse_args(argv)
+    status = 0
+    if args.write_schema:
+        from pillsnap.fileio import atomic_write_bytes
+
+        atomic_write_bytes(SCHEMA_PATH, schema_text().encode())
+        print(f"wrote {SCHEMA_PATH}")
+    if args.check_schema and (not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != schema_text()):
+        print(
+            f"{SCHEMA_PATH} is stale: run `python -m pillsnap.report --write-schema`",
+            file=sys.stderr,
+        )
+        status = 1
+    for path in args.reports:
+        problems = validate_report(json.loads(path.read_text()))
+        print(f"{path}: " + ("valid" if not problems else "INVALID\n  " + "\n  ".join(problems)))
+        status = status or int(bool(problems))
+    return status

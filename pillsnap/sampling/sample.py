@@ -1,0 +1,92 @@
+"""What a sample is: the items drawn, what was skipped and why, and the index it is drawn from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class SampleItem:
+    path: Path
+    label: int
+    """Classification: class index. Detection: pill-count stratum (capped at ``MAX_PILL_STRATUM``)."""
+    source: str = "base"
+    """``base`` or the hardness bin it was added for, e.g. ``hard[0.30,0.60)``."""
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class Sample:
+    """A reproducible sample plus everything the report says about it."""
+
+    task: str
+    mode: str
+    policy: str
+    items: list[SampleItem]
+    requested: int
+    available_images: int
+    available_classes: int
+    notes: list[str] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+    hardness: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def sampled_images(self) -> int:
+        return len(self.items)
+
+    @property
+    def sampled_classes(self) -> int:
+        return len({it.label for it in self.items})
+
+    def summary(self) -> str:
+        unit = "classes" if self.task == "classification" else "pill-count strata"
+        return (
+            f"{self.task} sample ({self.mode}): {self.sampled_images} images from {self.sampled_classes} {unit} "
+            f"(asked {self.requested}); {len(self.skipped)} skipped"
+        )
+
+
+@dataclass
+class DatasetIndex:
+    """The validation images of one dataset grouped by stratum (class index or pill count)."""
+
+    root: Path
+    groups: dict[int, list[Path]]
+    empty_classes: list[str] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def image_count(self) -> int:
+        return sum(len(v) for v in self.groups.values())
+
+
+def images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def probe_image(path: Path) -> str | None:
+    """Why ``path`` cannot be an image (header check, no full decode), or None when it looks fine."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        with Image.open(path) as img:
+            if img.width <= 0 or img.height <= 0:
+                return f"image has size {img.size}"
+    except (UnidentifiedImageError, ImportError):
+        # ImportError: Ultralytics' PIL.Image.open patch tries the absent pi_heif plugin on unknown formats.
+        return "not a readable image: unknown or corrupt image format"
+    except (OSError, ValueError) as exc:
+        return f"not a readable image: {exc}"
+    return None
