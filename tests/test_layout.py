@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pillsnap"
 
-GROUND = {"exceptions", "config", "fileio", "versioning", "environment", "classmap"}
+GROUND = {"exceptions", "config", "fileio", "versioning", "environment", "classmap", "names"}
 DATA = {"preprocess", "postprocess", "sampling"}
 AREA_OF_TOP = {
     **dict.fromkeys(GROUND, "ground"),

@@ -156,29 +156,26 @@ def _warn_on_class_map_change(cfg: Config, meta: dict[str, Any], path: Path) -> 
 
 
 def _torch_load(path: Path) -> Any:
-    """``torch.load`` on CPU; ``weights_only`` first, full unpickling only when the file needs it."""
-    import pickle
+    """The checkpoint's contents, loaded without ever running code from the file.
 
-    import torch
+    ``.safetensors`` files hold tensors only; everything else goes through
+    ``pillsnap.models.safe_load`` (torch ``weights_only=True`` with an allow-list of
+    plain training leftovers, no model classes: a whole pickled ``nn.Module`` is refused
+    with the advice to save its ``state_dict()``).
+    """
+    from pillsnap.models.safe_load import safe_load
 
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        log.warning(
-            "%s holds Python objects besides tensors; loading it with weights_only=False "
-            "(only load checkpoints you trust)",
-            path,
-        )
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {exc}; expected a complete PyTorch file (torch.save)"
-        ) from exc
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # arbitrary unpickling failures all mean "unusable checkpoint"
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}"
-        ) from exc
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: {exc}; expected a complete safetensors file"
+            ) from None
+    return safe_load(path, what="classification checkpoint")
 
 
 def _dtype_of(state: dict[str, Any]) -> str:
@@ -292,9 +289,10 @@ def export_classification_onnx(
     import torch
 
     from pillsnap.models import common
+    from pillsnap.names import check_tag
     from pillsnap.preprocess import PreprocessSpec
 
-    tag = tag or common.new_tag()
+    tag = check_tag(tag or common.new_tag())
     opset = cfg.export.opset
     path_in = Path(ckpt_path) if ckpt_path else cfg.checkpoint_path("classification")
     model = load_classification_model(cfg, path_in)
