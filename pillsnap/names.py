@@ -21,6 +21,8 @@ from pathlib import Path
 from pillsnap.exceptions import UserInputError
 
 LATEST = "latest"
+MANIFEST_NAME = "manifest.json"
+"""What seals a release record (``pillsnap.release.manifest``): its presence makes a folder immutable."""
 SCRATCH = "scratch"
 RECORD_SUFFIXES = (".partial", ".failed", ".aborted")
 RESERVED_NAMES = (LATEST, SCRATCH)
