@@ -92,3 +92,17 @@ def inside(path: str | Path, folder: str | Path) -> bool:
     """True when ``path`` (symlinks resolved) is ``folder`` or below it."""
     real, base = os.path.realpath(path), os.path.realpath(folder)
     return os.path.commonpath([real, base]) == base
+
+
+def is_release_record(folder: str | Path) -> bool:
+    """A folder the release driver wrote and sealed with a manifest (immutable from then on)."""
+    return (Path(folder) / MANIFEST_NAME).is_file()
+
+
+def record_of(path: str | Path) -> Path | None:
+    """The release record ``path`` is (or lies inside), symlinks resolved; None if none."""
+    p = Path(os.path.realpath(path))
+    for folder in (p, *p.parents):
+        if is_release_record(folder):
+            return folder
+    return None

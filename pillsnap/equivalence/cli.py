@@ -65,8 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 def default_out_dir(cfg: Config, onnx: dict[str, Path], tag: str) -> Path:
     """``{paths.out_dir}/<tag>`` when exporting; else the first ONNX file's folder, unless that is
     a release record, whose report must not be replaced: then a new scratch folder."""
-    from pillsnap.names import SCRATCH, reserved_reason
-    from pillsnap.preflight import record_of
+    from pillsnap.names import SCRATCH, record_of, reserved_reason
 
     if not onnx:
         return cfg.paths.out_dir / tag

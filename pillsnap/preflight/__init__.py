@@ -20,13 +20,9 @@ it may import the ground floor, data, models and engines; equivalence, release a
 the command lines may import it.
 """
 
+from pillsnap.names import is_release_record, record_of
 from pillsnap.preflight.onnx import check_metadata, check_onnx_file
-from pillsnap.preflight.outputs import (
-    check_output_dir,
-    check_output_file,
-    is_release_record,
-    record_of,
-)
+from pillsnap.preflight.outputs import check_output_dir, check_output_file
 from pillsnap.preflight.run import PreflightError, PreflightReport, run_preflight
 
 __all__ = [

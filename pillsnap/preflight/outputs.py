@@ -14,21 +14,7 @@ import tempfile
 from pathlib import Path
 
 from pillsnap.exceptions import UserInputError
-from pillsnap.names import MANIFEST_NAME, reserved_reason
-
-
-def is_release_record(folder: str | Path) -> bool:
-    """A folder the release driver wrote and sealed with a manifest."""
-    return (Path(folder) / MANIFEST_NAME).is_file()
-
-
-def record_of(path: str | Path) -> Path | None:
-    """The release record ``path`` is (or lies inside), symlinks resolved; None if none."""
-    p = Path(os.path.realpath(path))
-    for folder in (p, *p.parents):
-        if is_release_record(folder):
-            return folder
-    return None
+from pillsnap.names import MANIFEST_NAME, record_of, reserved_reason
 
 
 def _nearest_existing(path: Path) -> Path:

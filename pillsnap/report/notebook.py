@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pillsnap.config import Config, load_config
-from pillsnap.exceptions import EquivalenceError
+from pillsnap.exceptions import EquivalenceError, UserInputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,7 +77,7 @@ def open_stage(
     run never writes into a shared or committed place; the release driver passes the
     ``runs/<tag>.partial`` folder instead.
     """
-    from pillsnap.names import check_tag
+    from pillsnap.names import check_tag, record_of
     from pillsnap.preprocess import apply_image_limits
     from pillsnap.versioning import prepare_version_tag
 
@@ -95,6 +95,12 @@ def open_stage(
     tag = check_tag(version_tag or prepare_version_tag(), "the version_tag parameter")
     if out_dir:
         folder = resolve_path(out_dir)
+        record = record_of(folder)
+        if record is not None:
+            raise UserInputError(
+                f"out_dir {folder} is inside the release record {record}, which its manifest "
+                "seals; run the notebook into a new folder (or leave out_dir empty: runs/scratch/)"
+            )
         folder.mkdir(parents=True, exist_ok=True)
     else:
         scratch = resolve_path(SCRATCH_DIR)
