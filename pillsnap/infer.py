@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     processed, skipped, found = 0, [], 0
     start = time.perf_counter()
     sink: IO[str] = _open_result(args.out) if args.out else sys.stdout
+    completed = False
     try:
         with tqdm(total=len(files), unit="img", file=sys.stderr, disable=None) as bar:
             for first in range(0, len(files), args.batch):
@@ -133,9 +134,10 @@ def run(args: argparse.Namespace) -> int:
                     found += count
                 processed += len(paths)
                 bar.update(len(files[first : first + args.batch]))
+        completed = True
     finally:
-        if args.out:  # the results replace --out only when something was processed
-            _close_result(sink, args.out, keep=processed > 0)
+        if args.out:  # --out is replaced only by a finished run that processed something
+            _close_result(sink, args.out, keep=completed and processed > 0)
     elapsed = time.perf_counter() - start
     what = (
         "pills"

@@ -51,10 +51,10 @@ def escape_reason(name: str) -> str | None:
         return "it contains control characters"
     if os.path.isabs(name) or name.startswith(("/", "\\", "~")):
         return "it is an absolute path"
-    if "/" in name or "\\" in name:
-        return "it contains a path separator"
     if name in (".", "..") or ".." in name:
         return "it contains '..'"
+    if "/" in name or "\\" in name:
+        return "it contains a path separator"
     if len(name) > MAX_LENGTH:
         return f"it is longer than {MAX_LENGTH} characters"
     return None

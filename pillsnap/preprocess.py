@@ -11,7 +11,7 @@ No other module resizes or normalises images.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,7 +100,7 @@ def open_image(item: str | Path | bytes) -> Image.Image:
     """
     name = "<bytes>" if isinstance(item, (bytes, bytearray)) else str(item)
     try:
-        img = Image.open(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item)
+        img = _pil_open(name)(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item)
     except Image.DecompressionBombError as exc:
         raise image_error(name, _too_large(str(exc))) from exc
     except (UnidentifiedImageError, ImportError) as exc:
@@ -114,6 +114,21 @@ def open_image(item: str | Path | bytes) -> Image.Image:
         img.close()
         raise image_error(name, _too_large(f"{w}x{h} = {w * h:,} pixels"))
     return img
+
+
+def _pil_open(name: str) -> Callable[..., Image.Image]:
+    """Pillow's own ``Image.open``, not the one Ultralytics patches in on import.
+
+    The patch retries every unidentifiable file after trying to import (and, if allowed,
+    pip-install) the optional pi_heif plugin, and warns on the console each time: noise
+    for a file that is simply not an image. HEIF/HEIC files keep the patched opener.
+    """
+    import sys
+
+    if name.lower().endswith((".heic", ".heif")):
+        return Image.open
+    patches = sys.modules.get("ultralytics.utils.patches")
+    return getattr(patches, "_image_open", None) or Image.open
 
 
 def image_error(name: str, reason: str) -> DataError:

@@ -104,7 +104,13 @@ def check_output_file(path: str | Path, key: str, inputs: list[Path], force: boo
             f"refusing to overwrite {shown}: the file exists. Pass --force to replace it, or "
             f"another --out file."
         )
-    record = record_of(path.parent if path.parent.exists() else _nearest_existing(path.parent))
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise UserInputError(
+            f"cannot write {shown}: {base} is a file, not a folder, so the results' folder "
+            f"cannot be created; pass a path under a folder."
+        )
+    record = record_of(base)
     if record is not None:
         raise UserInputError(
             f"refusing to write {shown}: it is inside the release record {record}; "
