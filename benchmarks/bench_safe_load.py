@@ -109,7 +109,9 @@ def main() -> None:
         )
         for _ in range(rounds)
     ]
-    print(f"{'preflight of a demo release (both models, data)':<44} {statistics.median(times):.3f} s")
+    print(
+        f"{'preflight of a demo release (both models, data)':<44} {statistics.median(times):.3f} s"
+    )
 
 
 if __name__ == "__main__":
