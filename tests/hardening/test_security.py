@@ -359,3 +359,24 @@ def test_text_file_named_pt_is_a_clear_error_not_a_traceback(tmp_path, tmp_path_
     assert rc == 2 and "it is a text file (starts with 'these are my notes" in err
     assert "classification_best.pt" in err and "Traceback" not in err
     assert tree(p["root"]) == before
+
+
+def test_safetensors_classifier_weights_load_without_pickle(tmp_path, tmp_path_factory):
+    """``.safetensors`` holds tensors only: read with safetensors, never with pickle."""
+    from safetensors.torch import save_file
+
+    from pillsnap.models.classifier import load_classification_model, read_classification_checkpoint
+
+    cfg = _tiny_cfg(tmp_path_factory)
+    _, state, _ = read_classification_checkpoint(cfg)
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    model = load_classification_model(cfg, path)
+    assert all(
+        torch.equal(model.state_dict()[k], v.float())
+        for k, v in state.items()
+        if v.is_floating_point()
+    )
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_classification_model(cfg, path)
