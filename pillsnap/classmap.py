@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pillsnap.exceptions import DataError, MissingPathError
+
+EDI_CODE = re.compile(r"[0-9]{9}")
+"""An edi_code: exactly nine ASCII digits (``re.fullmatch``; ``\\d`` would accept other scripts)."""
 
 
 @dataclass(frozen=True)
@@ -90,14 +94,43 @@ class ClassMap:
             raise DataError(
                 f"class map {path} is malformed: {exc!r}; expected the format in pillsnap/classmap.py"
             ) from exc
-        problems = [f"entry {i} has index {c.index}" for i, c in enumerate(classes) if c.index != i]
-        problems += [
-            f"class {c.index}: edi_code {c.edi_code!r} is not 9 digits"
-            for c in classes
-            if not (len(c.edi_code) == 9 and c.edi_code.isdigit())
-        ]
-        if len({c.class_dir for c in classes}) != len(classes):
-            problems.append("class_dir values are not unique")
+        problems = validate_classes(classes)
         if problems:
-            raise DataError(f"class map {path} is invalid: " + "; ".join(problems[:10]))
+            shown = "; ".join(problems[:10]) + (
+                f"; ... (+{len(problems) - 10} more)" if len(problems) > 10 else ""
+            )
+            raise DataError(
+                f"class map {path} (config key `paths.class_map`) is invalid: {shown}. Fix the file: "
+                "every edi_code is exactly 9 ASCII digits and names one class only."
+            )
         return cls(classes, dict(data.get("header", {})))
+
+
+def validate_classes(classes: list[PillClass]) -> list[str]:
+    """Every problem of a class list ([] when valid).
+
+    ``str.isdigit`` accepts other scripts' digits (Arabic-Indic, full-width, superscripts),
+    so an edi_code must match ``[0-9]{9}`` exactly; two classes with one edi_code would make
+    two different pills indistinguishable to the user of the result.
+    """
+    problems = [f"entry {i} has index {c.index}" for i, c in enumerate(classes) if c.index != i]
+    problems += [
+        f"class {c.index}: edi_code {c.edi_code!r} is not 9 digits (ASCII 0-9 only)"
+        for c in classes
+        if not EDI_CODE.fullmatch(c.edi_code)
+    ]
+    seen: dict[str, int] = {}
+    for c in classes:
+        if c.edi_code in seen:
+            problems.append(
+                f"classes {seen[c.edi_code]} and {c.index} share edi_code {c.edi_code!r}"
+            )
+        seen.setdefault(c.edi_code, c.index)
+    dirs: dict[str, int] = {}
+    for c in classes:
+        if c.class_dir in dirs:
+            problems.append(
+                f"classes {dirs[c.class_dir]} and {c.index} share class_dir {c.class_dir!r}"
+            )
+        dirs.setdefault(c.class_dir, c.index)
+    return problems

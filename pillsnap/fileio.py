@@ -33,15 +33,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        # mkstemp creates 0600; give the file the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        chmod_default(tmp)  # mkstemp creates 0600; give the mode a plain open() would have
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def chmod_default(path: str | Path) -> None:
+    """The mode ``open()`` would give a new file (0666 minus the umask); mkstemp gives 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def save_json(path: str | Path, obj: Any, indent: int = 2) -> Path:

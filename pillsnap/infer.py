@@ -1,7 +1,9 @@
 """``python -m pillsnap.infer`` / ``pillsnap infer``: run a model or the pipeline on images.
 
 Results go to ``--out`` as JSON lines (one per image), or to stdout; progress and
-the summary go to stderr. Unreadable files are reported and skipped; the exit
+the summary go to stderr. ``--out`` must be a new file (``--force`` replaces one), not
+a folder nor one of the inputs; it is written to a temporary file and moved into place
+at the end, so a run that processes nothing leaves an earlier result as it was. Unreadable files are reported and skipped; the exit
 code is 0 when at least one image was processed, 1 when none could be, 2 on a
 usage error.
 """
@@ -50,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(p, "postprocess.nms.conf_threshold=0.4")
     p.add_argument("--quantize", choices=("int8",), help="INT8 model (not available yet)")
-    p.add_argument("--out", type=Path, help="write JSON lines here instead of stdout")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="write JSON lines to this new file (atomically) instead of stdout; never an input",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     return p
 
 
@@ -102,10 +109,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"--batch must be positive, got {args.batch}")
     cfg = load_config(args.config, args.overrides)
     files = expand_inputs(args.inputs)
+    preflight_infer(args, cfg, files)
     predict, describe = _make_task(args, cfg)
     processed, skipped, found = 0, [], 0
     start = time.perf_counter()
-    sink: IO[str] = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    sink: IO[str] = _open_result(args.out) if args.out else sys.stdout
+    completed = False
     try:
         with tqdm(total=len(files), unit="img", file=sys.stderr, disable=None) as bar:
             for first in range(0, len(files), args.batch):
@@ -117,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                     except DataError as exc:
                         skipped.append(path)
                         tqdm.write(
-                            f"skipped {path}: not a readable image ({_reason(exc)})",
+                            f"skipped {path}: {_reason(exc)}",
                             file=sys.stderr,
                         )
                 for path, record, count in zip(paths, *predict(images)):
@@ -125,9 +134,10 @@ def run(args: argparse.Namespace) -> int:
                     found += count
                 processed += len(paths)
                 bar.update(len(files[first : first + args.batch]))
+        completed = True
     finally:
-        if args.out:
-            sink.close()
+        if args.out:  # --out is replaced only by a finished run that processed something
+            _close_result(sink, args.out, keep=completed and processed > 0)
     elapsed = time.perf_counter() - start
     what = (
         "pills"
@@ -141,22 +151,18 @@ def run(args: argparse.Namespace) -> int:
         f"{processed / elapsed if elapsed else 0.0:.2f} images/s [{describe()}]",
         file=sys.stderr,
     )
-    if args.out:
+    if args.out and processed:
         print(f"results: {args.out}", file=sys.stderr)
     if processed == 0:
-        print("pillsnap infer: no image could be processed", file=sys.stderr)
+        kept = f"; {args.out} was not written" if args.out else ""
+        print(f"pillsnap infer: no image could be processed{kept}", file=sys.stderr)
         return 1
     return 0
 
 
-def _make_task(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
-    """``predict(images) -> (records, counts)`` for the task, and a one-line engine description."""
-    from pillsnap.classmap import ClassMap
-    from pillsnap.engines.runners import create_runner
-    from pillsnap.pipeline import Pipeline, classify_images, detect_images
-    from pillsnap.postprocess import detections_to_dicts
-    from pillsnap.preprocess import PreprocessSpec
-
+def _task_models(args: argparse.Namespace) -> dict[str, Path | None]:
+    """``{task: model path or None (the config's checkpoint)}`` of the run; a usage error if the
+    number of ``--model`` paths does not fit the task and engine."""
     models = list(args.model)
     wanted = 2 if args.task == "pipeline" else 1
     if len(models) not in ((0, wanted) if args.engine == "torch" else (wanted,)):
@@ -167,6 +173,70 @@ def _make_task(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
             + ("; torch may omit --model" if args.engine == "torch" else "")
         )
     models += [None] * (wanted - len(models))
+    tasks = {"pipeline": ["detection", "classification"], "detect": ["detection"]}
+    return dict(zip(tasks.get(args.task, ["classification"]), models))
+
+
+def preflight_infer(args: argparse.Namespace, cfg: Any, files: list[Path]) -> None:
+    """The models load (checkpoints weights-only, ONNX files readable, of their task), the class
+    map fits, and ``--out`` is a new file (or ``--force``) that is none of the inputs."""
+    from pillsnap.preflight import run_preflight
+
+    models = _task_models(args)
+    torch = args.engine == "torch"
+    inputs = [*files, *(m for m in models.values() if m), *([args.config] if args.config else [])]
+    if torch:
+        inputs += [cfg.checkpoint_path(t, must_exist=False) for t, m in models.items() if m is None]
+    run_preflight(
+        cfg,
+        checkpoints=list(models) if torch else [],
+        checkpoint_paths=models if torch else None,
+        onnx={} if torch else {t: m for t, m in models.items() if m},
+        onnx_keys=dict.fromkeys(models, "--model"),
+        class_map=args.task in ("pipeline", "classify"),
+        out_file=args.out,
+        inputs=inputs,
+        force=args.force,
+    )
+
+
+def _open_result(path: Path) -> IO[str]:
+    """A temporary file next to ``path`` (its folder created if missing); see ``_close_result``."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import os
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return open(tmp, "w", encoding="utf-8")  # closed by _close_result
+
+
+def _close_result(sink: IO[str], path: Path, keep: bool) -> None:
+    """Replace ``path`` with the finished results atomically, or drop them (``path`` untouched)."""
+    import os
+
+    from pillsnap.fileio import chmod_default
+
+    sink.flush()
+    os.fsync(sink.fileno())
+    sink.close()
+    if keep:
+        chmod_default(sink.name)
+        os.replace(sink.name, path)
+    else:
+        Path(sink.name).unlink(missing_ok=True)
+
+
+def _make_task(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
+    """``predict(images) -> (records, counts)`` for the task, and a one-line engine description."""
+    from pillsnap.classmap import ClassMap
+    from pillsnap.engines.runners import create_runner
+    from pillsnap.pipeline import Pipeline, classify_images, detect_images
+    from pillsnap.postprocess import detections_to_dicts
+    from pillsnap.preprocess import PreprocessSpec
+
+    models = list(_task_models(args).values())
     if args.task == "pipeline":
         pipe = Pipeline.from_config(
             cfg, args.engine, models[0], models[1], batch_size=args.batch
@@ -209,12 +279,7 @@ def _make_task(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
 
 
 def _reason(exc: DataError) -> str:
-    cause = exc.__cause__
-    if isinstance(
-        cause, ImportError
-    ):  # Ultralytics' PIL patch tries an absent HEIF plugin on unknown files
-        return "unrecognised file format"
-    return str(cause or exc)
+    return str(getattr(exc, "reason", None) or exc)
 
 
 def _describe(*runners: Any) -> str:

@@ -169,7 +169,9 @@ class Pipeline:
         """Runners of one engine (checkpoints from the config for torch) and the configured class map."""
         from pillsnap.classmap import ClassMap
         from pillsnap.engines.runners import create_runner
+        from pillsnap.preprocess import apply_image_limits
 
+        apply_image_limits(cfg)  # the one pixel limit (`images.max_pixels`) for every photo
         detector = create_runner(engine, "detection", cfg, detection_model)
         classifier = create_runner(engine, "classification", cfg, classification_model)
         return cls(detector, classifier, ClassMap.load(cfg.paths.class_map_path), cfg, batch_size)

@@ -11,18 +11,18 @@ No other module resizes or normalises images.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pillsnap.exceptions import DataError
 
 if TYPE_CHECKING:
-    from pillsnap.config import ClassificationConfig
+    from pillsnap.config import ClassificationConfig, Config
 
 ImageLike = str | Path | bytes | np.ndarray | Image.Image
 _PIL_INTERP = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
@@ -62,11 +62,100 @@ class PreprocessSpec:
         }
 
 
+DEFAULT_MAX_PIXELS = 89_478_485
+"""Pillow's own default limit (about 0.25 GB of RGB): ``images.max_pixels`` in the config."""
+_max_pixels = DEFAULT_MAX_PIXELS
+
+
+def set_max_image_pixels(limit: int) -> None:
+    """The one pixel limit for every image pillsnap opens (``images.max_pixels``).
+
+    A larger image is refused before it is decoded (a "decompression bomb" of a few KB
+    can expand to gigabytes). Pillow's own check is set to the same limit, so images
+    opened by other libraries in the process get the same protection; its warning
+    between 1x and 2x the limit is silenced because pillsnap refuses those itself.
+    """
+    import warnings
+
+    global _max_pixels
+    _max_pixels = int(limit)
+    Image.MAX_IMAGE_PIXELS = _max_pixels
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def apply_image_limits(cfg: Config) -> None:
+    """Apply the config's image settings (called by every command before it opens an image)."""
+    set_max_image_pixels(cfg.images.max_pixels)
+
+
+def max_image_pixels() -> int:
+    return _max_pixels
+
+
+def open_image(item: str | Path | bytes) -> Image.Image:
+    """Open (header only, nothing decoded yet) a path or bytes, or raise ``DataError``.
+
+    The message is the skip reason a user sees: it says what the file is, not which
+    optional decoder failed to import.
+    """
+    name = "<bytes>" if isinstance(item, (bytes, bytearray)) else str(item)
+    try:
+        img = _pil_open(name)(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item)
+    except Image.DecompressionBombError as exc:
+        raise image_error(name, _too_large(str(exc))) from exc
+    except (UnidentifiedImageError, ImportError) as exc:
+        # ImportError: once ultralytics is imported, its PIL.Image.open patch tries the absent
+        # pi_heif plugin on any unidentifiable file; the file is simply not an image we can read.
+        raise image_error(name, _not_an_image(name)) from exc
+    except (OSError, ValueError) as exc:
+        raise image_error(name, str(getattr(exc, "strerror", None) or exc)) from exc
+    w, h = img.size
+    if w * h > _max_pixels:
+        img.close()
+        raise image_error(name, _too_large(f"{w}x{h} = {w * h:,} pixels"))
+    return img
+
+
+def _pil_open(name: str) -> Callable[..., Image.Image]:
+    """Pillow's own ``Image.open``, not the one Ultralytics patches in on import.
+
+    The patch retries every unidentifiable file after trying to import (and, if allowed,
+    pip-install) the optional pi_heif plugin, and warns on the console each time: noise
+    for a file that is simply not an image. HEIF/HEIC files keep the patched opener.
+    """
+    import sys
+
+    if name.lower().endswith((".heic", ".heif")):
+        return Image.open
+    patches = sys.modules.get("ultralytics.utils.patches")
+    return getattr(patches, "_image_open", None) or Image.open
+
+
+def image_error(name: str, reason: str) -> DataError:
+    """``DataError`` "cannot read image NAME: REASON"; ``.reason`` is what a skip list shows."""
+    err = DataError(f"cannot read image {name}: {reason}")
+    err.reason = reason  # type: ignore[attr-defined]
+    return err
+
+
+def _too_large(size: str) -> str:
+    return (
+        f"too large ({size}); the limit is {_max_pixels:,} pixels (config key "
+        "`images.max_pixels`): raise it for trusted images, or downscale the file"
+    )
+
+
+def _not_an_image(name: str) -> str:
+    if name.lower().endswith((".heic", ".heif")):
+        return "HEIF/HEIC photos need the optional pi-heif package (pip install pi-heif)"
+    return "not an image (unknown or unsupported file format)"
+
+
 def load_image(item: ImageLike) -> Image.Image:
     """Decode a path, bytes, HWC uint8 RGB array or PIL image into an RGB PIL image.
 
     EXIF orientation is applied, as phone photos need it. Raises ``DataError``
-    naming the file when it cannot be decoded.
+    naming the file when it cannot be decoded or is above the pixel limit.
     """
     if isinstance(item, Image.Image):
         return item.convert("RGB")
@@ -74,18 +163,13 @@ def load_image(item: ImageLike) -> Image.Image:
         if item.ndim != 3 or item.shape[2] != 3:
             raise DataError(f"expected an HxWx3 RGB uint8 array, got shape {item.shape}")
         return Image.fromarray(item.astype(np.uint8), "RGB")
+    img = open_image(item)
     try:
-        if isinstance(item, (bytes, bytearray)):
-            img = Image.open(io.BytesIO(item))
-        else:
-            img = Image.open(item)
         img.load()
         return ImageOps.exif_transpose(img).convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError, ImportError) as exc:
-        # ImportError: once ultralytics is imported, its PIL.Image.open patch tries the
-        # absent pi_heif plugin on unidentifiable files instead of raising UnidentifiedImageError.
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         name = "<bytes>" if isinstance(item, (bytes, bytearray)) else str(item)
-        raise DataError(f"cannot read image {name}: {exc}") from exc
+        raise image_error(name, f"damaged or truncated image ({exc})") from exc
 
 
 def preprocess_one(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:

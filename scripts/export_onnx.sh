@@ -9,7 +9,7 @@
 # PYTHON (default .venv/bin/python of this checkout, else python3).
 # Extra arguments are passed to `pillsnap release` (e.g. --tag, --set KEY=VALUE, --stages).
 # Exit: 0 release promoted; 1 a stage or gate failed (record kept as runs/<tag>.failed);
-#       2 bad input (missing config / checkpoint).
+#       2 bad input (missing config, a checkpoint that does not load, class map, data, output folder).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,20 +28,16 @@ if ! [[ "$OPSET" =~ ^[0-9]+$ ]]; then
   exit 2
 fi
 
-# Pre-check: both checkpoints exist (paths come from the config, never hard-coded).
-mapfile -t checkpoints < <("$PYTHON" -m pillsnap.release checkpoints --config "$CONFIG" "$@")
-if [[ "${#checkpoints[@]}" -ne 2 ]]; then
-  echo "[ERROR] could not read checkpoint paths from $CONFIG" >&2
-  exit 2
+# Pre-check (the preflight `pillsnap release` itself runs first): both checkpoints load
+# weights-only into the configured models, the class map fits, the val data is readable,
+# the output folder can be written. Paths come from the config, never hard-coded.
+status=0
+"$PYTHON" -m pillsnap.release preflight --config "$CONFIG" "$@" || status=$?
+if [[ "$status" -ne 0 ]]; then
+  echo "[ERROR] preflight refused the release (exit $status); nothing was written. Fix the config ($CONFIG) as named above." >&2
+  [[ "$status" -eq 2 ]] && exit 2
+  exit 1
 fi
-tasks=(detection classification)
-for i in 0 1; do
-  if [[ ! -f "${checkpoints[$i]}" ]]; then
-    echo "[ERROR] ${tasks[$i]} checkpoint not found: ${checkpoints[$i]}" >&2
-    echo "        fix paths.exp_dir / ${tasks[$i]}.checkpoint in $CONFIG" >&2
-    exit 2
-  fi
-done
 
 # The driver prints "[OK] Exported: ...", "Report: ..." on success and the failed
 # record's path on failure; its exit code is ours.

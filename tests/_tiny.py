@@ -131,3 +131,42 @@ def python3_notebook(*sources: str, parameters: str):
         *(nbformat.v4.new_code_cell(src) for src in sources),
     ]
     return nb
+
+
+def write_tiny_data(root: Path, class_map: ClassMap, photos: int = 2) -> dict[str, str]:
+    """A minimal val split for the tiny experiment: one crop per class, a few labelled photos.
+
+    Returns the ``paths.*`` overrides pointing at it (what a preflight needs to find readable
+    images; the comparisons themselves use the demo's data).
+    """
+    for c in class_map.classes:
+        folder = root / "classification" / "val" / c.class_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pill_photo(64, 64, pills=1, seed=c.index)).save(folder / "0.jpg")
+    images = root / "detection" / "images" / "val"
+    labels = root / "detection" / "labels" / "val"
+    labels.mkdir(parents=True, exist_ok=True)
+    for path in write_photos(images, photos):
+        (labels / f"{path.stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    data_yaml = root / "detection" / "data.yaml"
+    data_yaml.write_text(
+        yaml.safe_dump({"path": str(root / "detection"), "val": "images/val", "names": ["pill"]})
+    )
+    return {
+        "detection_data": str(data_yaml),
+        "classification_data": str(root / "classification"),
+    }
+
+
+_TINY_CACHE: dict[str, Path] = {}
+
+
+def tiny_release_inputs(factory) -> Path:
+    """One tiny experiment (checkpoints, class map) and val data per session, under
+    ``<root>/exp`` and ``<root>/data``; tests link to it instead of rebuilding."""
+    if "root" not in _TINY_CACHE:
+        root = factory.mktemp("tiny-release")
+        build_tiny_experiment(root / "exp")
+        write_tiny_data(root / "data", ClassMap.load(root / "exp" / "class_map.json"))
+        _TINY_CACHE["root"] = root
+    return _TINY_CACHE["root"]

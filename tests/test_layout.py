@@ -14,13 +14,14 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pillsnap"
 
-GROUND = {"exceptions", "config", "fileio", "versioning", "environment", "classmap"}
+GROUND = {"exceptions", "config", "fileio", "versioning", "environment", "classmap", "names"}
 DATA = {"preprocess", "postprocess", "sampling"}
 AREA_OF_TOP = {
     **dict.fromkeys(GROUND, "ground"),
     **dict.fromkeys(DATA, "data"),
     "models": "models",
     "engines": "engines",
+    "preflight": "preflight",
     "pipeline": "pipeline",
     "report": "report",
     "equivalence": "equivalence",
@@ -40,14 +41,18 @@ ALLOWED: dict[str, set[str]] = {
     "models": {"ground", "data", "models"},
     "engines": {"ground", "data", "models", "engines"},
     "pipeline": _BELOW_PIPELINE | {"pipeline"},
+    # One check of every input before any work; the release (which runs no model) calls it.
+    "preflight": _BELOW_PIPELINE | {"preflight"},
     # The record shows what others measured; it never builds a runner or runs a model.
     "report": {"ground", "data", "models", "report"},
-    "equivalence": _BELOW_PIPELINE | {"pipeline", "report", "equivalence"},
-    "quantize": _BELOW_PIPELINE | {"pipeline", "report", "equivalence", "quantize"},
-    "bench": _BELOW_PIPELINE | {"pipeline", "report", "equivalence", "quantize", "bench"},
-    # The release orchestrates notebooks and checks their records; it runs no model itself.
-    "release": {"ground", "report", "release"},
-    "serve": _BELOW_PIPELINE | {"pipeline", "report", "release", "quantize", "serve"},
+    "equivalence": _BELOW_PIPELINE | {"pipeline", "preflight", "report", "equivalence"},
+    "quantize": _BELOW_PIPELINE | {"pipeline", "preflight", "report", "equivalence", "quantize"},
+    "bench": _BELOW_PIPELINE
+    | {"pipeline", "preflight", "report", "equivalence", "quantize", "bench"},
+    # The release orchestrates notebooks and checks their records; it runs no model itself
+    # (its preflight reads the checkpoints weights-only before any stage starts).
+    "release": {"ground", "report", "preflight", "release"},
+    "serve": _BELOW_PIPELINE | {"pipeline", "preflight", "report", "release", "quantize", "serve"},
     "synth": {"ground", "data", "models", "synth"},
     "apps": set(AREA_OF_TOP.values()),
 }

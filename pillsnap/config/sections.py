@@ -205,6 +205,14 @@ class ReleaseConfig(Section):
     """Where the stage notebooks live; None = the ``notebooks/`` folder of this project."""
 
 
+class ImagesConfig(Section):
+    """How every image pillsnap opens is read (compare, infer, release, serving)."""
+
+    max_pixels: int = Field(89_478_485, gt=0)
+    """Images with more pixels are refused before decoding (skipped with this reason);
+    Pillow's default. Raise it for trusted, very large photos."""
+
+
 class Config(Section):
     paths: PathsConfig = PathsConfig()
     detection: DetectionConfig = DetectionConfig()
@@ -217,6 +225,7 @@ class Config(Section):
     benchmark: BenchmarkConfig = BenchmarkConfig()
     serve: ServeConfig = ServeConfig()
     release: ReleaseConfig = ReleaseConfig()
+    images: ImagesConfig = ImagesConfig()
     source: Path | None = Field(None, exclude=True)
     """The file this config was loaded from (not part of the saved snapshot)."""
 
@@ -265,14 +274,34 @@ class Config(Section):
         self, task: Literal["detection", "classification"], must_exist: bool = True
     ) -> Path:
         name = self.detection.checkpoint if task == "detection" else self.classification.checkpoint
-        path = self.paths.checkpoints_dir / name
-        if must_exist:
-            require_path(path, f"paths.exp_dir + {task}.checkpoint", f"the {task} checkpoint")
+        folder = self.paths.checkpoints_dir
+        path = folder / name
+        if must_exist and not path.is_file():
+            raise MissingPathError(_missing_checkpoint(task, name, folder, path))
         return path
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready dict of the config as used (saved next to each artifact)."""
         return self.model_dump(mode="json")
+
+
+def _missing_checkpoint(task: str, name: str, folder: Path, path: Path) -> str:
+    """Name the key that is wrong: the folder (``paths.exp_dir``) or the file name."""
+    if not folder.is_dir():
+        return (
+            f"the {task} checkpoint not found: {path}: the folder {folder} does not exist. "
+            f"Checkpoints are read from {{paths.exp_dir}}/checkpoints/; fix `paths.exp_dir` "
+            f"(now {folder.parent}), e.g. `--set paths.exp_dir=/path/to/experiment`."
+        )
+    found = sorted(p.name for p in folder.iterdir() if p.is_file())
+    listed = ", ".join(found[:8]) + (" ..." if len(found) > 8 else "") if found else "no files"
+    what = "is a folder, not a file" if path.is_dir() else "does not exist"
+    example = next((f for f in found if f.startswith((task, "best"))), f"{task}_best.pt")
+    return (
+        f"the {task} checkpoint not found: {path} {what} (config key `{task}.checkpoint` = "
+        f"{name!r}, a file name in {folder}, which holds: {listed}). Fix `{task}.checkpoint`, "
+        f"e.g. `--set {task}.checkpoint={example}`."
+    )
 
 
 def require_path(path: Path | None, key: str, what: str) -> Path:

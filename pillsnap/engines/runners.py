@@ -310,6 +310,9 @@ def create_runner(
         raise UserInputError(
             f"{path} is not an .onnx file; export it first or use --engine torch for checkpoints"
         )
+    from pillsnap.models.onnx_files import parse_onnx
+
+    parse_onnx(path, f"the {task} ONNX", "--model")  # readable, external data inside its folder
     return OnnxRunner(
         path,
         cfg.runtime,

@@ -46,7 +46,7 @@ def iter_batches(
         try:
             data = load(item)
         except DataError as exc:
-            skipped.append(SkippedFile(str(item.path), str(exc)))
+            skipped.append(SkippedFile(str(item.path), str(getattr(exc, "reason", exc))))
             continue
         batch.items.append(item)
         batch.data.append(data)

@@ -6,7 +6,12 @@ end-to-end parity needs both). Without them both models are exported first into
 ``--out-dir`` (default ``{paths.out_dir}/<version tag>``). Exit codes: 0 passed,
 1 a gate failed (reason and likely causes printed and written to
 ``export_report.json``), 2 bad input (including an ONNX exported for another
-pre-processing).
+pre-processing), found by the preflight before anything is exported or written.
+
+``--out-dir`` must be a new folder or one that is not a release record: a release
+folder (``manifest.json``), anything inside it, ``latest`` and the ``.partial`` /
+``.failed`` / ``.aborted`` names are refused. Without ``--out-dir``, ONNX files from
+a release folder write their report into ``{paths.out_dir}/scratch/compare-<tag>/``.
 """
 
 from __future__ import annotations
@@ -15,8 +20,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pillsnap.config import add_config_arguments
+from pillsnap.preflight import run_preflight
+
+if TYPE_CHECKING:
+    from pillsnap.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--detection-onnx", type=Path, help="compare this detector ONNX instead of exporting"
     )
-    p.add_argument("--out-dir", type=Path, help="release folder for the report (and exports)")
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        help="new (or scratch) folder for the report and exports; release folders are refused",
+    )
     p.add_argument(
         "--quiet",
         action="store_true",
@@ -48,22 +62,60 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_out_dir(cfg: Config, onnx: dict[str, Path], tag: str) -> Path:
+    """``{paths.out_dir}/<tag>`` when exporting; else the first ONNX file's folder, unless that is
+    a release record, whose report must not be replaced: then a new scratch folder."""
+    from pillsnap.names import SCRATCH, record_of, reserved_reason
+
+    if not onnx:
+        return cfg.paths.out_dir / tag
+    folder = Path(next(iter(onnx.values()))).parent
+    if record_of(folder) is None and not reserved_reason(folder.name):
+        return folder
+    from pillsnap.versioning import utc_timestamp
+
+    scratch = cfg.paths.out_dir / SCRATCH / f"compare-{utc_timestamp()}"
+    log.warning(
+        "%s is a release record; writing the comparison into %s (pass --out-dir to choose)",
+        folder,
+        scratch,
+    )
+    return scratch
+
+
 def main(argv: list[str] | None = None) -> int:
     from pillsnap.config import load_config
+    from pillsnap.versioning import prepare_version_tag
 
     args = build_parser().parse_args(argv)
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
     overrides = list(args.overrides) + ([f"compare.mode={args.mode}"] if args.mode else [])
     cfg = load_config(args.config, overrides)
+    onnx = {
+        task: path
+        for task, path in (
+            ("classification", args.classification_onnx),
+            ("detection", args.detection_onnx),
+        )
+        if path is not None
+    }
+    tasks = list(onnx) or ["detection", "classification"]
+    tag = "" if onnx else prepare_version_tag()
+    out_dir = args.out_dir or default_out_dir(cfg, onnx, tag)
+    run_preflight(
+        cfg,
+        checkpoints=tasks,
+        onnx=onnx,
+        class_map=True,
+        data=tasks,
+        out_dir=out_dir,
+        out_dir_key="--out-dir" if args.out_dir else "paths.out_dir",
+    )
     exports = None
-    out_dir = args.out_dir
-    if args.classification_onnx is None and args.detection_onnx is None:
+    if not onnx:
         from pillsnap.models.export import export_models
-        from pillsnap.versioning import prepare_version_tag
 
-        tag = prepare_version_tag()
-        out_dir = out_dir or cfg.paths.out_dir / tag
         log.info("exporting both models into %s ...", out_dir)
         exports = export_models(cfg, out_dir, tag)
 
@@ -77,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         out_dir,
         progress=not args.quiet,
     )
+    from pillsnap.report.tables import skipped_summary
+
+    for line in skipped_summary(result.report):
+        print(line, file=sys.stderr)
     # Without --quiet the library has logged each parity line and the verdict as it finished.
     if args.quiet:
         for parity in (result.classification, result.detection, result.end_to_end):

@@ -109,24 +109,10 @@ def load_classification_model(cfg: Config, ckpt_path: str | Path | None = None) 
     unexpected and wrong-shape keys and the likely cause, because a lenient load
     would export a model with random layers that only the equivalence check notices.
     """
-    from pillsnap.config import require_path
-
-    path = (
-        require_path(Path(ckpt_path), "--model / ckpt_path", "the classification checkpoint")
-        if ckpt_path
-        else cfg.checkpoint_path("classification")
-    )
-    obj = _torch_load(path)
-    state = extract_state_dict(obj, path)
+    path, state, meta = read_classification_checkpoint(cfg, ckpt_path)
     c = cfg.classification
     model = build_classification_model(c.backbone, c.num_classes, c.channels_last)
-    meta = obj if isinstance(obj, dict) else {}
-    problems = diagnose_state_dict(model.state_dict(), state, c.backbone, c.num_classes, meta)
-    if problems:
-        raise CheckpointError(
-            f"{path}: cannot load into timm {c.backbone!r} with {c.num_classes} classes (strict):\n"
-            + "\n".join(problems)
-        )
+    _check_fits(model, state, cfg, meta, path)
     dtype = _dtype_of(state)
     model.load_state_dict(
         {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}, strict=True
@@ -136,6 +122,53 @@ def load_classification_model(cfg: Config, ckpt_path: str | Path | None = None) 
     )
     _warn_on_class_map_change(cfg, meta, path)
     return model.eval().float()
+
+
+def read_classification_checkpoint(
+    cfg: Config, ckpt_path: str | Path | None = None
+) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """``(path, state dict, metadata)`` of the classifier checkpoint, read weights-only."""
+    from pillsnap.config import require_path
+
+    path = (
+        require_path(Path(ckpt_path), "--model / ckpt_path", "the classification checkpoint")
+        if ckpt_path
+        else cfg.checkpoint_path("classification")
+    )
+    obj = _torch_load(path)
+    state = extract_state_dict(obj, path)
+    meta = {k: v for k, v in obj.items() if k not in _WRAPPER_KEYS} if isinstance(obj, dict) else {}
+    return path, state, meta
+
+
+def check_classification_checkpoint(
+    cfg: Config, ckpt_path: str | Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Raise ``CheckpointError`` unless the checkpoint loads strictly into the configured model.
+
+    For the preflight: the model is built on the ``meta`` device (shapes, no weights),
+    so the check costs the weights-only read and not a real model build.
+    """
+    import torch
+
+    path, state, meta = read_classification_checkpoint(cfg, ckpt_path)
+    c = cfg.classification
+    with torch.device("meta"):
+        model = build_classification_model(c.backbone, c.num_classes)
+    _check_fits(model, state, cfg, meta, path)
+    return path, meta
+
+
+def _check_fits(
+    model: torch.nn.Module, state: dict[str, Any], cfg: Config, meta: dict[str, Any], path: Path
+) -> None:
+    c = cfg.classification
+    problems = diagnose_state_dict(model.state_dict(), state, c.backbone, c.num_classes, meta)
+    if problems:
+        raise CheckpointError(
+            f"{path}: cannot load into timm {c.backbone!r} with {c.num_classes} classes (strict):\n"
+            + "\n".join(problems)
+        )
 
 
 def _warn_on_class_map_change(cfg: Config, meta: dict[str, Any], path: Path) -> None:
@@ -156,29 +189,26 @@ def _warn_on_class_map_change(cfg: Config, meta: dict[str, Any], path: Path) -> 
 
 
 def _torch_load(path: Path) -> Any:
-    """``torch.load`` on CPU; ``weights_only`` first, full unpickling only when the file needs it."""
-    import pickle
+    """The checkpoint's contents, loaded without ever running code from the file.
 
-    import torch
+    ``.safetensors`` files hold tensors only; everything else goes through
+    ``pillsnap.models.safe_load`` (torch ``weights_only=True`` with an allow-list of
+    plain training leftovers, no model classes: a whole pickled ``nn.Module`` is refused
+    with the advice to save its ``state_dict()``).
+    """
+    from pillsnap.models.safe_load import safe_load
 
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        log.warning(
-            "%s holds Python objects besides tensors; loading it with weights_only=False "
-            "(only load checkpoints you trust)",
-            path,
-        )
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {exc}; expected a complete PyTorch file (torch.save)"
-        ) from exc
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # arbitrary unpickling failures all mean "unusable checkpoint"
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}"
-        ) from exc
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: {exc}; expected a complete safetensors file"
+            ) from None
+    return safe_load(path, what="classification checkpoint")
 
 
 def _dtype_of(state: dict[str, Any]) -> str:
@@ -292,9 +322,10 @@ def export_classification_onnx(
     import torch
 
     from pillsnap.models import common
+    from pillsnap.names import check_tag
     from pillsnap.preprocess import PreprocessSpec
 
-    tag = tag or common.new_tag()
+    tag = check_tag(tag or common.new_tag())
     opset = cfg.export.opset
     path_in = Path(ckpt_path) if ckpt_path else cfg.checkpoint_path("classification")
     model = load_classification_model(cfg, path_in)

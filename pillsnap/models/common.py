@@ -126,11 +126,10 @@ def onnx_output_dims(model: onnx.ModelProto, index: int = 0) -> list[int | str]:
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (weights are not loaded)."""
-    import onnx
+    """The ``metadata_props`` of an ONNX file (weights are not loaded, external data vetted)."""
+    from pillsnap.models.onnx_files import parse_onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
+    return {p.key: p.value for p in parse_onnx(path).metadata_props}
 
 
 def write_onnx_metadata(

@@ -33,14 +33,19 @@ def export_models(
 ) -> dict[str, ExportResult]:
     """Export both models of ``cfg`` under one version tag.
 
-    Both checkpoints are checked to exist before anything is exported, so a missing
-    classifier does not leave a lone detector ONNX behind.
+    Both checkpoints are read (weights-only) and checked against the config before
+    anything is exported, so a bad classifier does not leave a lone detector ONNX behind.
     """
+    from pillsnap.models.classifier import check_classification_checkpoint
+    from pillsnap.models.detector import load_detection_checkpoint
+    from pillsnap.names import check_tag
     from pillsnap.versioning import prepare_version_tag
 
-    tag = tag or prepare_version_tag()
+    tag = check_tag(tag or prepare_version_tag())
     det_ckpt = cfg.checkpoint_path("detection")
     cls_ckpt = cfg.checkpoint_path("classification")
+    load_detection_checkpoint(det_ckpt)
+    check_classification_checkpoint(cfg, cls_ckpt)
     results = {
         "detection": export_detection_onnx(cfg, det_ckpt, out_dir, tag),
         "classification": export_classification_onnx(cfg, cls_ckpt, out_dir, tag),

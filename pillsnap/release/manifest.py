@@ -12,31 +12,55 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pillsnap.fileio import save_json, sha256_file
+from pillsnap.names import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "pillsnap-release-v1"
 REPORT_NAME = "export_report.json"
+PROMOTION_JOURNAL = ".promoting"
+"""Names the tag being promoted, from before its rename until ``latest`` points at it."""
 
 
 def hash_artifacts(folder: Path) -> dict[str, dict[str, Any]]:
-    """Every file under ``folder`` (except the manifest) -> sha256 + size; symlinks -> target."""
+    """Every entry under ``folder`` (except the manifest) -> sha256 + size; symlinks -> target.
+
+    Hidden and temporary names are included: anything in a release folder is part of
+    its record. Symlinks are recorded, never followed; other special files are recorded
+    as such so that verification can name them.
+    """
     entries: dict[str, dict[str, Any]] = {}
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if rel == MANIFEST_NAME or path.name.startswith(".") and path.name.endswith(".tmp"):
-            continue
-        if path.is_symlink():
-            entries[rel] = {"link": os.readlink(path)}
-        elif path.is_file():
-            entries[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
-    return entries
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in sorted(dirs + files):
+            path = Path(root) / name
+            rel = path.relative_to(folder).as_posix()
+            if rel == MANIFEST_NAME:
+                continue
+            if path.is_symlink():
+                entries[rel] = {"link": os.readlink(path)}
+            elif path.is_file():
+                entries[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+            elif not path.is_dir():
+                entries[rel] = {"special": stat.filemode(path.lstat().st_mode)}
+    return dict(sorted(entries.items()))
+
+
+def _folders(folder: Path) -> list[str]:
+    """Every real sub-folder of ``folder`` (relative), for the "not in the manifest" check."""
+    out = []
+    for root, dirs, _files in os.walk(folder, followlinks=False):
+        out += [
+            (Path(root) / d).relative_to(folder).as_posix()
+            for d in dirs
+            if not (Path(root) / d).is_symlink()
+        ]
+    return sorted(out)
 
 
 def write_manifest(folder: Path, record: dict[str, Any]) -> Path:
@@ -107,12 +131,59 @@ def verify_release(release_dir: str | Path, require_passed: bool = False) -> Ver
     for rel in sorted(set(actual) - set(expected)):
         result.unexpected.append(rel)
         result.problems.append(f"not in manifest: {rel}")
+    for rel in _folders(release_dir):  # an empty folder holds no file the loop above sees
+        if rel not in expected and not any(k.startswith(f"{rel}/") for k in expected):
+            result.unexpected.append(f"{rel}/")
+            result.problems.append(f"not in manifest: {rel}/ (a folder)")
     if require_passed and manifest.get("verdict") != "passed":
         result.problems.append(f"verdict is {manifest.get('verdict')!r}, not 'passed'")
     report = release_dir / REPORT_NAME
     if REPORT_NAME in expected and report.is_file():
-        result.problems += [f"{REPORT_NAME}: {p}" for p in validate_report_file(report)]
+        problems = validate_report_file(report)
+        result.problems += [f"{REPORT_NAME}: {p}" for p in problems]
+        if not problems:
+            result.problems += manifest_disagrees(release_dir, manifest, report)
     return result
+
+
+def manifest_disagrees(release_dir: Path, manifest: dict[str, Any], report: Path) -> list[str]:
+    """Where the manifest's own record contradicts the report it pins.
+
+    Hashes alone cannot see a manifest edited by hand: a failed comparison relabelled
+    ``passed``, a report copied in from another release, ONNX files swapped with their
+    hashes updated in the manifest but not in the report.
+    """
+    data = json.loads(report.read_text())
+    tag, verdict = str(manifest.get("tag", "")), manifest.get("verdict")
+    problems = []
+    if data.get("version_tag") != tag:
+        problems.append(
+            f"manifest tag {tag!r} but {REPORT_NAME} is of release {data.get('version_tag')!r}"
+        )
+    report_failed = bool(data.get("failed")) or bool((data.get("verdict") or {}).get("failed"))
+    if verdict == "passed" and report_failed:
+        problems.append(
+            f"manifest verdict 'passed' but {REPORT_NAME} records a failed comparison "
+            f"({data.get('failure_reason') or 'failed: true'})"
+        )
+    if verdict == "passed" and manifest.get("failure_reason"):
+        problems.append(
+            f"manifest verdict 'passed' but it carries a failure_reason: {manifest['failure_reason']}"
+        )
+    if verdict == "passed":
+        bad = [st.get("name") for st in manifest.get("stages", []) if st.get("status") != "passed"]
+        if bad:
+            problems.append(f"manifest verdict 'passed' but stage(s) {bad} did not pass")
+    artifacts = manifest.get("artifacts", {})
+    for task, entry in (data.get("models") or {}).items():
+        onnx = Path(str(entry.get("onnx_path", ""))).name
+        pinned = (artifacts.get(onnx) or {}).get("sha256")
+        if pinned and entry.get("onnx_sha256") and pinned != entry["onnx_sha256"]:
+            problems.append(
+                f"{onnx}: manifest sha256 {pinned[:12]}... but {REPORT_NAME} compared "
+                f"{str(entry['onnx_sha256'])[:12]}... ({task}): not the file that was measured"
+            )
+    return problems
 
 
 def validate_report_file(path: Path) -> list[str]:
@@ -149,9 +220,12 @@ def find_newest_release(out_dir: str | Path, verify: bool = True) -> Path | None
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return None
+    promoting = _being_promoted(out_dir)
     candidates = []
     for folder in out_dir.iterdir():
         if not (folder.is_dir() and not folder.is_symlink() and is_release_dir_name(folder.name)):
+            continue
+        if folder.name == promoting:  # renamed, `latest` not swapped yet: not released yet
             continue
         try:
             manifest = read_manifest(folder)
@@ -169,3 +243,15 @@ def find_newest_release(out_dir: str | Path, verify: bool = True) -> Path | None
             return folder
         log.warning("skipping release %s: %s", folder, "; ".join(check.problems[:3]))
     return None
+
+
+def _being_promoted(out_dir: Path) -> str | None:
+    """The tag of an unfinished promotion (``latest`` does not point at it yet), or None."""
+    journal = out_dir / PROMOTION_JOURNAL
+    try:
+        tag = journal.read_text().strip()
+    except OSError:
+        return None
+    latest = out_dir / "latest"
+    points_at = os.readlink(latest) if latest.is_symlink() else None
+    return tag if tag and points_at != tag else None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from pillsnap.release.promote import (
     partial_dir,
     promote,
     release_lock,
+    repair_latest,
     set_aside_stale_partials,
 )
 from pillsnap.release.stages import (
@@ -58,7 +58,6 @@ from pillsnap.versioning import get_git_sha, git_is_dirty, iso_utc, prepare_vers
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.yaml"
-_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 Progress = Callable[[str], None]
 
 
@@ -114,15 +113,16 @@ def run_release(
     out_dir = cfg.paths.out_dir
     root = project_root()
     tag = check_tag(version_tag or prepare_version_tag(cwd=root))
-    stage_names = list(stages or cfg.release.stages)
+    stage_names = check_stage_names(list(stages or cfg.release.stages))
     nb_dir = Path(notebooks_dir or cfg.release.notebooks_dir or default_notebooks_dir())
     notebooks = [stage_notebook(nb_dir, name) for name in stage_names]
-    # Every release ships both models: without a checkpoint there is no release (nothing is written).
-    for task in TASKS:
-        cfg.checkpoint_path(task)  # type: ignore[arg-type]
+    # Every release ships both models, compared on the val data: bad input is refused here,
+    # before a stage starts (exit 2, nothing written).
+    preflight_release(cfg)
     kernel = kernel_name or ensure_kernel()
 
     with release_lock(out_dir):
+        repair_latest(out_dir)
         set_aside_stale_partials(out_dir)
         check_tag_free(out_dir, tag)
         work = partial_dir(out_dir, tag)
@@ -193,12 +193,41 @@ def run_stages(
 
 
 def check_tag(tag: str) -> str:
-    if not _TAG_RE.match(tag):
+    """A tag that names only its own folder (``pillsnap.names``: no '..', no reserved name)."""
+    from pillsnap.names import check_tag as check
+
+    return check(tag)
+
+
+def check_stage_names(names: list[str]) -> list[str]:
+    """Plain notebook stems, each once (a second run of a stage would overwrite its record)."""
+    from pillsnap.names import check_stage_name
+
+    for name in names:
+        check_stage_name(name)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
         raise UserInputError(
-            f"release tag {tag!r} is not usable as a folder name; expected letters, digits, '-' and '_' "
-            "(e.g. 20250101-120000-abc1234), or leave it empty for a new UTC tag"
+            f"stage(s) {', '.join(repeated)} listed twice in --stages / release.stages; each stage "
+            "runs once (its executed notebook is the record of that stage)"
         )
-    return tag
+    if not names:
+        raise UserInputError("no stages to run: --stages / release.stages is empty")
+    return names
+
+
+def preflight_release(cfg: Config) -> None:
+    """What every release needs: both checkpoints, the class map, the val data, a writable out_dir."""
+    from pillsnap.preflight import run_preflight
+
+    run_preflight(
+        cfg,
+        checkpoints=TASKS,
+        class_map=True,
+        data=TASKS,
+        out_dir=cfg.paths.out_dir,
+        out_dir_key="paths.out_dir / --out-dir",
+    )
 
 
 def absolute_paths(cfg: Config) -> Config:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pillsnap.environment import project_root
-from pillsnap.exceptions import MissingPathError, ReleaseError
+from pillsnap.exceptions import MissingPathError, ReleaseError, UserInputError
 
 log = logging.getLogger(__name__)
 # nbconvert warns about every plot without alt text; only its errors matter for a release record.
@@ -43,7 +43,16 @@ def default_notebooks_dir() -> Path:
 
 
 def stage_notebook(notebooks_dir: Path, name: str) -> Path:
+    """``<notebooks_dir>/<name>.ipynb``: a plain stem, and a file that really is in that folder."""
+    from pillsnap.names import check_stage_name, inside
+
+    check_stage_name(name)
     path = Path(notebooks_dir) / f"{name}.ipynb"
+    if path.exists() and not inside(path, notebooks_dir):
+        raise UserInputError(
+            f"stage notebook {path} (from `release.stages` entry {name!r}) is a link to "
+            f"{path.resolve()}, outside {notebooks_dir}; a stage runs only notebooks of that folder"
+        )
     if not path.is_file():
         found = ", ".join(sorted(p.stem for p in Path(notebooks_dir).glob("*.ipynb"))) or "none"
         raise MissingPathError(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pillsnap.config import Config, load_config
-from pillsnap.exceptions import EquivalenceError
+from pillsnap.exceptions import EquivalenceError, UserInputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,6 +77,8 @@ def open_stage(
     run never writes into a shared or committed place; the release driver passes the
     ``runs/<tag>.partial`` folder instead.
     """
+    from pillsnap.names import check_tag, record_of
+    from pillsnap.preprocess import apply_image_limits
     from pillsnap.versioning import prepare_version_tag
 
     # Stages run with progress bars off; tqdm.auto's "IProgress not found" hint is noise in a record.
@@ -89,9 +91,16 @@ def open_stage(
     if compare_mode:
         extra.append(f"compare.mode={compare_mode}")
     cfg = load_config(resolve_path(config_path) if config_path else None, extra)
-    tag = version_tag or prepare_version_tag()
+    apply_image_limits(cfg)
+    tag = check_tag(version_tag or prepare_version_tag(), "the version_tag parameter")
     if out_dir:
         folder = resolve_path(out_dir)
+        record = record_of(folder)
+        if record is not None:
+            raise UserInputError(
+                f"out_dir {folder} is inside the release record {record}, which its manifest "
+                "seals; run the notebook into a new folder (or leave out_dir empty: runs/scratch/)"
+            )
         folder.mkdir(parents=True, exist_ok=True)
     else:
         scratch = resolve_path(SCRATCH_DIR)

@@ -162,3 +162,24 @@ def release_summary(report: dict[str, Any], digits: int = 3) -> str:
         )
     lines.append("report keys: " + ", ".join(sorted(report)))
     return "\n".join(lines)
+
+
+def skipped_summary(report: dict[str, Any], limit: int = 3) -> list[str]:
+    """Console lines: per model, how many files were skipped (the first few with reasons) and
+    which class folders were empty; the full lists stay in the report."""
+    lines = []
+    for task, model in report.get("models", {}).items():
+        compare = model.get("compare") or {}
+        files = compare.get("skipped_files") or []
+        count = int(compare.get("skipped_count") or len(files))
+        if count:
+            shown = "; ".join(f"{f['path']}: {f['reason']}" for f in files[:limit])
+            more = f"; ... (+{count - limit} more in export_report.json)" if count > limit else ""
+            lines.append(f"{task}: {count} file(s) skipped: {shown}{more}")
+        empty = compare.get("empty_classes") or []
+        if empty:
+            more = ", ..." if len(empty) > limit else ""
+            lines.append(
+                f"{task}: {len(empty)} empty class folder(s): {', '.join(empty[:limit])}{more}"
+            )
+    return lines

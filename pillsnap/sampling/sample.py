@@ -75,18 +75,22 @@ def images_in(folder: Path) -> list[Path]:
 
 
 def probe_image(path: Path) -> str | None:
-    """Why ``path`` cannot be an image (header check, no full decode), or None when it looks fine."""
-    from PIL import Image, UnidentifiedImageError
+    """Why ``path`` cannot be an image (header check, no full decode), or None when it looks fine.
+
+    Uses the one opener of ``pillsnap.preprocess`` and so the one pixel limit
+    (``images.max_pixels``): a sample never holds a file that full decoding would skip.
+    """
+    from pillsnap.exceptions import DataError
+    from pillsnap.preprocess import open_image
 
     try:
         if path.stat().st_size == 0:
             return "empty file (0 bytes)"
-        with Image.open(path) as img:
+        with open_image(path) as img:
             if img.width <= 0 or img.height <= 0:
                 return f"image has size {img.size}"
-    except (UnidentifiedImageError, ImportError):
-        # ImportError: Ultralytics' PIL.Image.open patch tries the absent pi_heif plugin on unknown formats.
-        return "not a readable image: unknown or corrupt image format"
-    except (OSError, ValueError) as exc:
-        return f"not a readable image: {exc}"
+    except DataError as exc:
+        return str(getattr(exc, "reason", exc))
+    except OSError as exc:
+        return f"not a readable file: {exc.strerror or exc}"
     return None

@@ -20,7 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from _tiny import SMALL_COMPARE_ARGS, python3_notebook
+from _tiny import SMALL_COMPARE_ARGS, TINY, python3_notebook, tiny_release_inputs
 
 from pillsnap.config import load_config
 from pillsnap.exceptions import MissingPathError, ReleaseError, UserInputError
@@ -53,6 +53,7 @@ for task in ("detection", "classification"):
     report["models"][task].update(onnx_path=str(out / f"{task}-{version_tag}.onnx"),
                                   onnx_sha256=hashlib.sha256(data).hexdigest())
 report["models"]["classification"]["compare"]["mse_mean"] = MSE
+report["version_tag"] = version_tag
 Path(out, "export_report.json").write_text(json.dumps(report))
 record("written", sorted(p.name for p in out.iterdir()))
 """
@@ -78,12 +79,16 @@ def report_template(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def project(tmp_path, report_template):
-    """A config with dummy checkpoints, an out_dir and a notebooks dir holding a passing stage."""
+def project(tmp_path, report_template, tmp_path_factory):
+    """A config with real (tiny, random-weight) checkpoints and val data, so the release's
+    preflight passes, an out_dir and a notebooks dir holding a passing stage."""
+    tiny = tiny_release_inputs(tmp_path_factory)
     exp = tmp_path / "exp"
     (exp / "checkpoints").mkdir(parents=True)
     for task in ("detection", "classification"):
-        (exp / "checkpoints" / f"{task}_best.pt").write_bytes(b"not a real checkpoint")
+        name = f"{task}_best.pt"
+        (exp / "checkpoints" / name).symlink_to(tiny / "exp" / "checkpoints" / name)
+    shutil.copy(tiny / "exp" / "class_map.json", exp / "class_map.json")
     nb_dir = tmp_path / "notebooks"
     nb_dir.mkdir()
     write_stage(nb_dir, "good", WRITE_OUTPUTS, REPORT_TEMPLATE=str(report_template), MSE=1e-9)
@@ -94,7 +99,13 @@ def project(tmp_path, report_template):
     config.write_text(
         yaml.safe_dump(
             {
-                "paths": {"exp_dir": "exp", "out_dir": "runs"},
+                "paths": {
+                    "exp_dir": "exp",
+                    "out_dir": "runs",
+                    "detection_data": str(tiny / "data" / "detection" / "data.yaml"),
+                    "classification_data": str(tiny / "data" / "classification"),
+                },
+                **TINY,
                 "release": {"stages": ["good"], "notebooks_dir": "notebooks"},
             }
         )
