@@ -15,7 +15,10 @@ Reading the per-layer table (relative error per matched layer, in execution orde
 * ``interior``: one interior layer *introduces* the error (it is ``JUMP_RATIO``
   times what it reads, or more): that layer was converted differently;
 * ``accumulating``: no layer introduces it, small differences grow along depth
-  until they cross the tolerance: numeric precision.
+  until they cross the tolerance: numeric precision;
+* ``unlocalised``: only the model output differs among the compared tensors because
+  nothing between input and output matched a Torch layer (an ONNX whose node names
+  come from another tool): no layer can be named.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ log = logging.getLogger(__name__)
 
 JUMP_RATIO = 10.0
 """A layer whose error is at least this many times its inputs' error introduced it."""
-PATTERNS = ("none", "input", "interior", "accumulating")
+PATTERNS = ("none", "input", "interior", "accumulating", "unlocalised")
 
 
 @dataclass
@@ -79,7 +82,10 @@ class Divergence:
             return "none"
         if not _jumps(first):
             return "accumulating"
-        return "input" if first.upstream == () else "interior"
+        if first.upstream == ():
+            # Only the model output reads the input directly: nothing between was matched.
+            return "input" if first.module else "unlocalised"
+        return "interior"
 
     def headline(self) -> str:
         """The first divergent layer with its error before and after, and the worst layer."""
@@ -87,6 +93,13 @@ class Divergence:
         if first is None:
             top = f" (worst {worst.label}: {_num(worst.rel_error)})" if worst else ""
             return f"{self.model}: every layer within relative error {self.tolerance:g}{top}"
+        if self.pattern == "unlocalised":
+            return (
+                f"{self.model}: not localised, the output differs (relative error "
+                f"{_num(first.rel_error)}) but no ONNX tensor before it matched a Torch layer "
+                f"({len(self.table.rows)} of {self.table.tapped_count} matched: node names of "
+                "another exporter?)"
+            )
         text = (
             f"{self.model}: first divergent layer {_where(first)}, relative error "
             f"{_num(first.before)} before -> {_num(first.rel_error)} after (tolerance {self.tolerance:g})"

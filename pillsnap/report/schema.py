@@ -197,7 +197,7 @@ class LayerDivergence(_Strict):
     model: Literal["detection", "classification"]
     tolerance: float = Field(description="compare.layer_tolerance")
     jump_ratio: float = Field(description="a layer introduces the error at >= this x its inputs'")
-    pattern: Literal["none", "input", "interior", "accumulating"]
+    pattern: Literal["none", "input", "interior", "accumulating", "unlocalised"]
     first_divergent: LayerRow | None = Field(
         description="first layer that jumps above the tolerance (else the first above it)"
     )

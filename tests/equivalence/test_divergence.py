@@ -127,3 +127,15 @@ def test_which_models_are_localised():
     never = Config.model_validate({"compare": {"localise": "never"}})
     assert wanted(never, failed) == []
     assert Config().compare.layer_tolerance == 1e-3
+
+
+def test_an_output_without_matched_layers_before_it_is_not_localised():
+    only_output = LayerTable(
+        [LayerDiff(9, "out", "/Concat", "Concat", (2, 8), 0.3, 10.0, 0.3, "", 0.0, ())],
+        Counter({"no module scope": 40}),
+    )
+    div = Divergence("detection", TOL, only_output, samples=2)
+    assert div.pattern == "unlocalised" and "not localised" in div.headline()
+    ev = _evidence("identity", [1e-7, 0.3])
+    ev.divergence = div
+    assert "introduces" not in diagnose.rank_causes(ev)[0]["evidence"]  # names no layer

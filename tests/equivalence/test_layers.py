@@ -318,3 +318,19 @@ def test_fixture_exports_match_every_module_output(release, task, count, other_s
     assert table.first_divergent(1e-4) is None, table.worst()
     assert {r.op_type for r in table.rows} >= {"Conv", "Mul"}
     assert table.rows[-1].module == "" and table.rows[0].upstream == ()  # model output, first conv
+
+
+def test_names_of_another_tool_match_nothing_but_the_output(tmp_path):
+    """Node names without a module scope are left out (counted), not guessed from the op order."""
+    import onnx
+
+    model = _tiny_model()
+    path = _export(model, tmp_path / "tiny.onnx", True)
+    renamed = onnx.load(str(path))
+    for i, node in enumerate(renamed.graph.node):
+        node.name = f"node_{i}"
+    onnx.save(renamed, str(tmp_path / "renamed.onnx"))
+    x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    table = compare_torch_onnx(model, tmp_path / "renamed.onnx", x)
+    assert [r.module for r in table.rows] == [""]  # the graph output is Torch's output
+    assert table.skipped == Counter({"no module scope": len(onnx_taps(path)) - 1})
