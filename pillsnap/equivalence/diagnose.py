@@ -195,7 +195,10 @@ def rank_causes(ev: Evidence) -> list[dict[str, Any]]:
 
 
 def _weigh_divergence(scores: dict[str, tuple[float, str]], ev: Evidence, kind: str | None) -> None:
-    """Where the per-layer error appears (see the module doc) raises or lowers the causes."""
+    """Where the per-layer error appears (see the module doc) raises or lowers the causes.
+
+    ``kind`` is what the input-stage probe found before the first convolution.
+    """
     div = ev.divergence
     first, pattern = div.first, div.pattern
     if first is None:
@@ -208,7 +211,8 @@ def _weigh_divergence(scores: dict[str, tuple[float, str]], ev: Evidence, kind: 
     layer = f"{first.label} ({first.op_type})"
     jump = f"relative error {_g(first.before)} before -> {_g(first.rel_error)} after"
     if pattern == "input":
-        text = f"the first divergent layer is the first convolution {layer}: {jump}"
+        first_layer = "first convolution" if first.op_type == "Conv" else "first layer"
+        text = f"the first divergent layer is the {first_layer} {layer}: {jump}"
         found = [
             c for c in ("channel_order", "normalisation", "graph_preprocessing") if c in scores
         ]
@@ -216,13 +220,14 @@ def _weigh_divergence(scores: dict[str, tuple[float, str]], ev: Evidence, kind: 
             score, evidence = scores[cause]
             scores[cause] = (max(score, 0.7), f"{evidence}; {text}")
         if not found:
+            same = ", although the tensor reaching it is identical in both engines"
             scores["first_layer_preprocessing"] = (
-                0.85,
-                f"{text}, although the tensor reaching it is identical in both engines",
+                0.85 if kind == "identity" else 0.6,
+                text + (same if kind == "identity" else ""),
             )
             scores["conversion"] = (
                 0.5,
-                f"or the first convolution {layer} was converted differently: {jump}",
+                f"or the {first_layer} {layer} was converted differently: {jump}",
             )
     elif pattern == "interior":
         base = scores.get("conversion", (0.0, ""))[1]

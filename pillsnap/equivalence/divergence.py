@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 JUMP_RATIO = 10.0
 """A layer whose error is at least this many times its inputs' error introduced it."""
+MEMORY_BUDGET = 1 << 30
+"""Bytes of activations both engines may hold at once: production-size models compare one sample."""
 PATTERNS = ("none", "input", "interior", "accumulating", "unlocalised")
 
 
@@ -170,8 +172,8 @@ def localise(
 ) -> Divergence:
     """Compare ``torch_module`` and its ONNX export layer by layer on ``batch`` (a handful of samples)."""
     started = time.perf_counter()
-    table = compare_torch_onnx(torch_module, onnx_path, batch, providers)
-    result = Divergence(model, tolerance, table, len(batch), time.perf_counter() - started)
+    table = compare_torch_onnx(torch_module, onnx_path, batch, providers, max_bytes=MEMORY_BUDGET)
+    result = Divergence(model, tolerance, table, table.samples, time.perf_counter() - started)
     log.info("%s (%.1f s)", result.summary(), result.elapsed_s)
     return result
 

@@ -276,6 +276,31 @@ def capture_torch(
     return out, skipped
 
 
+def output_bytes(model: torch.nn.Module, sample: np.ndarray, plan: TapPlan) -> int:
+    """Bytes (float32) the planned module outputs of ``sample`` take: counting hooks, no copies."""
+    import torch
+
+    total = [0]
+
+    def count(_mod: Any, _args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            total[0] += out.numel() * 4
+
+    wanted = set(plan.modules.values()) - {ROOT}
+    hooks = [plan_module(model, name).register_forward_hook(count) for name in wanted]
+    try:
+        with torch.inference_mode():
+            param = next(model.parameters(), None)
+            x = torch.from_numpy(np.ascontiguousarray(sample))
+            if param is not None:
+                x = x.to(device=param.device, dtype=param.dtype)
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0]
+
+
 def plan_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
     return model.get_submodule(name) if name else model
 

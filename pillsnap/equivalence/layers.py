@@ -83,6 +83,8 @@ class LayerTable:
 
     rows: list[LayerDiff]
     skipped: Counter = field(default_factory=Counter)
+    samples: int = 0
+    """How many samples of the batch were compared (0: not recorded)."""
 
     @property
     def skipped_count(self) -> int:
@@ -327,6 +329,7 @@ def compare_onnx_models(
     reference = run_onnx_taps(reference_path, batch, shared, providers)
     candidate = run_onnx_taps(candidate_path, batch, shared, providers)
     table = compare_tensors(reference, candidate, shared)
+    table.samples = len(batch)
     if len(taps) > len(shared):
         table.skipped["no counterpart"] += len(taps) - len(shared)
     return table
@@ -337,20 +340,27 @@ def compare_torch_onnx(
     onnx_path: str | Path,
     batch: np.ndarray,
     providers: list[str] | None = None,
+    *,
+    max_bytes: int | None = None,
 ) -> LayerTable:
     """Layer by layer, a Torch model (reference) against its ONNX export, on one batch.
 
     ONNX tensors are matched to Torch module outputs by the exporter's node names
     (``layer_map``); an unmatched tensor is counted in ``skipped`` by reason. The Torch
-    model is run as given (eval mode, its own dtype and device).
+    model is run as given (eval mode, its own dtype and device). Both sides hold every
+    matched activation at once: with ``max_bytes``, only as many samples of ``batch``
+    as fit (at least one) are compared (production-size models: ~0.6 GB a sample).
     """
     from dataclasses import replace
 
-    from pillsnap.equivalence.layer_map import ModuleTree, capture_torch, plan_taps
+    from pillsnap.equivalence.layer_map import ModuleTree, capture_torch, output_bytes, plan_taps
 
     graph = _load_graph(onnx_path)
     taps = onnx_taps(onnx_path, graph=graph)
     plan = plan_taps(graph, taps, ModuleTree.of(model))
+    if max_bytes is not None and len(batch) > 1:
+        per_sample = 2 * output_bytes(model, batch[:1], plan)  # Torch copies + ONNX outputs
+        batch = batch[: max(1, min(len(batch), max_bytes // max(per_sample, 1)))]
     reference, skipped = capture_torch(model, batch, plan)
     mapped = [replace(t, module=plan.modules[t.name]) for t in taps if t.name in reference]
     candidate = run_onnx_taps(onnx_path, batch, mapped, providers)
@@ -360,6 +370,7 @@ def compare_torch_onnx(
     table = compare_tensors(reference, candidate, link_upstream(graph, same))
     table.skipped.update(plan.skipped)
     table.skipped.update(skipped)
+    table.samples = len(batch)
     return table
 
 

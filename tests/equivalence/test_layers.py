@@ -209,6 +209,9 @@ def test_tiny_model_maps_only_what_is_certain(tmp_path, fold):
     assert table.skipped == Counter(
         {"inside a module": 3, "module called several times": 3, "no confident module match": 1}
     )
+    assert table.samples == 2
+    # A memory budget below one sample's activations still compares one sample.
+    assert compare_torch_onnx(model, path, x, max_bytes=1).samples == 1
     assert table.rows[0].upstream == () and table.rows[-1].upstream == (
         "/heads.0/Conv_output_0",
         "/heads.1/Conv_output_0",
