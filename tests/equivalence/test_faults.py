@@ -298,7 +298,7 @@ def test_correct_export_passes_on_any_seed(release, tmp_path, seed):
         div = result.report["divergence"][task]
         assert div["pattern"] == "none" and div["first_divergent"] is None, div["summary"]
         assert div["matched"] >= 150 and div["samples"] >= 2
-        assert div["worst"]["rel_error"] < cfg.compare.layer_tolerance / 100  # fp32: ~1e-6
+        assert div["worst"]["rel_error"] < cfg.compare.layer_tolerance / 20  # fp32: <= ~4e-6
 
 
 def test_equivalence_notebook_plots_the_planted_layer(release, tmp_path):
