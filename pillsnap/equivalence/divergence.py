@@ -192,9 +192,15 @@ def localise_models(
     runners: dict[str, dict[str, Any]],
     parities: dict[str, Any],
     failed: dict[str, bool],
-) -> dict[str, Divergence]:
-    """``localise`` each wanted model on its parity's probe samples, with its open runners."""
+) -> tuple[dict[str, Divergence], dict[str, str]]:
+    """``localise`` each wanted model on its parity's probe samples, with its open runners.
+
+    Returns the localised models and, per model that could not be localised, why: the
+    localisation explains a verdict, so its own failure is reported (log, failure_reason)
+    and never replaces the verdict.
+    """
     out: dict[str, Divergence] = {}
+    problems: dict[str, str] = {}
     for task in wanted(cfg, failed):
         parity = parities.get(task)
         if parity is None or not len(parity.probe_inputs):
@@ -202,12 +208,16 @@ def localise_models(
         onnx_providers = runners[task]["onnx"].describe().get("providers") or None
         # TensorRT compiles the whole graph; with every tensor an output it would compare another engine.
         providers = [p for p in onnx_providers or [] if p != "TensorrtExecutionProvider"] or None
-        out[task] = localise(
-            task,
-            runners[task]["torch"].module,
-            models[task].onnx_path,
-            parity.probe_inputs,
-            cfg.compare.layer_tolerance,
-            providers,
-        )
-    return out
+        try:
+            out[task] = localise(
+                task,
+                runners[task]["torch"].module,
+                models[task].onnx_path,
+                parity.probe_inputs,
+                cfg.compare.layer_tolerance,
+                providers,
+            )
+        except Exception as exc:  # any failure of the diagnosis: reported below, verdict kept
+            problems[task] = f"{task}: not localised ({type(exc).__name__}: {exc})"
+            log.warning("%s", problems[task], exc_info=True)
+    return out, problems

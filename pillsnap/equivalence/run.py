@@ -188,8 +188,8 @@ def run_equivalence(
         verdict = gates.Verdict([c for group in checks.values() for c in group])
         parities = {"classification": cls_parity, "detection": det_parity}
         failed = {t: not all(c.passed for c in checks[t]) for t in parities if t in checks}
-        localised = divergence.localise_models(cfg, models, runners, parities, failed)
-        verdict.localised = {t: d.headline() for t, d in localised.items()}
+        localised, unlocalised = divergence.localise_models(cfg, models, runners, parities, failed)
+        verdict.localised = {**{t: d.headline() for t, d in localised.items()}, **unlocalised}
         if verdict.failed:
             verdict.causes = _diagnose(
                 cfg, models, runners, checks, cls_parity, det_parity, localised

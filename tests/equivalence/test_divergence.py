@@ -139,3 +139,32 @@ def test_an_output_without_matched_layers_before_it_is_not_localised():
     ev = _evidence("identity", [1e-7, 0.3])
     ev.divergence = div
     assert "introduces" not in diagnose.rank_causes(ev)[0]["evidence"]  # names no layer
+
+
+def test_a_localisation_that_cannot_run_is_reported_not_raised(tmp_path):
+    """The diagnosis explains a verdict; its own failure (here: an unreadable ONNX) never replaces it."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from pillsnap.config import Config
+    from pillsnap.equivalence.divergence import localise_models
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    runners = {
+        "detection": {
+            "torch": SimpleNamespace(module=torch.nn.Conv2d(3, 4, 3).eval()),
+            "onnx": SimpleNamespace(describe=lambda: {"providers": ["CPUExecutionProvider"]}),
+        }
+    }
+    parity = SimpleNamespace(probe_inputs=np.zeros((1, 3, 8, 8), np.float32))
+    done, problems = localise_models(
+        Config(),
+        {"detection": SimpleNamespace(onnx_path=broken)},
+        runners,
+        {"detection": parity},
+        {"detection": True},
+    )
+    assert done == {} and problems["detection"].startswith("detection: not localised (")
