@@ -145,6 +145,13 @@ class CompareConfig(Section):
     seed: int = 0
     borderline_log_count: int = Field(10, ge=0)
     gates: GatesConfig = GatesConfig()
+    layer_tolerance: float = Field(1e-3, gt=0)
+    """Relative error ||torch - onnx|| / ||torch|| above which a layer counts as divergent.
+
+    Correct fp32 exports of the fixture models measure at most ~4e-6 per layer (5 seeds).
+    """
+    localise: Literal["on_failure", "always", "never"] = "on_failure"
+    """Per-layer localisation of the divergence: when a classification/detection gate fails, always, never."""
 
     @field_validator("hardness_bins")
     @classmethod

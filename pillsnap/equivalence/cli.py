@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         for parity in (result.classification, result.detection, result.end_to_end):
             if parity is not None:
                 print(parity.summary_line())
+        for localised in result.divergence.values():
+            print(localised.summary())
         print(result.verdict.summary_line())
     if exports:
         print("exported: " + " ".join(str(res.onnx_path) for res in exports.values()))
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nFAILED:", file=sys.stderr)
     for check in result.verdict.failed_checks:
         print(f"  - {check.describe()}", file=sys.stderr)
+    for localised in result.divergence.values():
+        print(f"layer by layer: {localised.headline()}", file=sys.stderr)
     if result.verdict.causes:
         print("likely causes (most likely first):", file=sys.stderr)
         for i, cause in enumerate(result.verdict.causes, 1):

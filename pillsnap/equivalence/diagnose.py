@@ -14,6 +14,14 @@ E-11. Rules, in words:
   -> conversion (weights or an operator);
 * differences at float precision that flip only near-tie samples -> numeric precision;
 * raw head outputs agree but detections differ -> post-processing.
+
+With the per-layer localisation (``divergence.py``), where the error appears decides:
+
+* it jumps at the first convolution -> pre-processing: the channel order /
+  normalisation found by the input-stage probe, or, when the tensor reaching that
+  convolution is identical in both engines, pre-processing folded into its weights;
+* it jumps at one interior layer -> that layer's conversion (named);
+* it only accumulates along depth -> numeric precision.
 """
 
 from __future__ import annotations
@@ -51,6 +59,10 @@ ADVICE = {
     "fp16/TF32 provider setting is on (runtime.tensorrt.fp16, runtime.torch_fp16).",
     "postprocessing": "Raw head outputs agree but the detections differ: post-processing differs. Both paths must use "
     "pillsnap.postprocess.decode_and_nms with the same thresholds (export with nms=False).",
+    "first_layer_preprocessing": "The same input reaches the first convolution in both engines, yet its output differs: "
+    "the exported first layer computes something else, most often normalisation or channel order folded into its "
+    "weights by a conversion tool. Export the bare checkpoint with pillsnap (pre-processing belongs to "
+    "pillsnap.preprocess only); if the first layer was changed on purpose, set classification.preprocessing to match.",
 }
 TITLES = {
     "channel_order": "channel order (RGB/BGR)",
@@ -60,6 +72,7 @@ TITLES = {
     "conversion": "conversion difference (weights or an operator)",
     "numeric_precision": "numeric precision",
     "postprocessing": "post-processing",
+    "first_layer_preprocessing": "pre-processing folded into the first convolution",
 }
 
 
@@ -73,6 +86,8 @@ class Evidence:
     logit_fit: dict[str, float] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    divergence: Any = None
+    """``divergence.Divergence`` of this model, when it was localised layer by layer."""
 
 
 def _stage_sentence(stage: dict[str, Any], ev: Evidence) -> str:
@@ -161,6 +176,8 @@ def rank_causes(ev: Evidence) -> list[dict[str, Any]]:
     elif clean_input:
         bonus = 0.1 if ev.precision == "fp16" else 0.0
         scores["numeric_precision"] = (0.6 + bonus, numbers + f"; precision {ev.precision}")
+    if ev.divergence is not None:
+        _weigh_divergence(scores, ev, kind)
     if not scores:
         scores["conversion"] = (0.3, numbers)
     ranked = sorted(scores.items(), key=lambda kv: -kv[1][0])
@@ -175,3 +192,61 @@ def rank_causes(ev: Evidence) -> list[dict[str, Any]]:
         }
         for name, (score, text) in ranked
     ]
+
+
+def _weigh_divergence(scores: dict[str, tuple[float, str]], ev: Evidence, kind: str | None) -> None:
+    """Where the per-layer error appears (see the module doc) raises or lowers the causes.
+
+    ``kind`` is what the input-stage probe found before the first convolution.
+    """
+    div = ev.divergence
+    first, pattern = div.first, div.pattern
+    if first is None:
+        note = f"every compared layer agrees within relative error {div.tolerance:g}"
+        for cause in ("numeric_precision", "postprocessing"):
+            if cause in scores:
+                score, evidence = scores[cause]
+                scores[cause] = (score, f"{evidence}; {note}")
+        return
+    layer = f"{first.label} ({first.op_type})"
+    jump = f"relative error {_g(first.before)} before -> {_g(first.rel_error)} after"
+    if pattern == "input":
+        first_layer = "first convolution" if first.op_type == "Conv" else "first layer"
+        text = f"the first divergent layer is the {first_layer} {layer}: {jump}"
+        found = [
+            c for c in ("channel_order", "normalisation", "graph_preprocessing") if c in scores
+        ]
+        for cause in found:
+            score, evidence = scores[cause]
+            scores[cause] = (max(score, 0.7), f"{evidence}; {text}")
+        if not found:
+            same = ", although the tensor reaching it is identical in both engines"
+            scores["first_layer_preprocessing"] = (
+                0.85 if kind == "identity" else 0.6,
+                text + (same if kind == "identity" else ""),
+            )
+            scores["conversion"] = (
+                0.5,
+                f"or the {first_layer} {layer} was converted differently: {jump}",
+            )
+    elif pattern == "interior":
+        base = scores.get("conversion", (0.0, ""))[1]
+        text = f"layer {layer} introduces the difference: {jump} (tolerance {div.tolerance:g})"
+        scores["conversion"] = (0.9, text + (f"; {base}" if base else ""))
+        if "numeric_precision" in scores:
+            score, evidence = scores["numeric_precision"]
+            scores["numeric_precision"] = (min(score, 0.4), evidence)
+    elif pattern == "accumulating":
+        text = (
+            f"no single layer introduces the difference: it grows along depth and first exceeds "
+            f"{div.tolerance:g} at {layer} ({jump})"
+        )
+        bonus = 0.1 if ev.precision == "fp16" else 0.0
+        scores["numeric_precision"] = (0.85 + bonus, text + f"; precision {ev.precision}")
+        if "conversion" in scores:
+            score, evidence = scores["conversion"]
+            scores["conversion"] = (min(score, 0.5), evidence)
+
+
+def _g(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3g}"

@@ -140,6 +140,8 @@ def end_to_end_checks(metrics: dict[str, float], gates: GatesConfig) -> list[Che
 class Verdict:
     checks: list[Check]
     causes: list[dict[str, Any]] = field(default_factory=list)
+    localised: dict[str, str] = field(default_factory=dict)
+    """Per model, the sentence naming its first divergent layer and the worst (``divergence.py``)."""
 
     @property
     def failed(self) -> bool:
@@ -162,6 +164,10 @@ class Verdict:
         causes = [c for c in self.causes if model is None or c.get("model") in (model, None)]
         if causes:
             text += f". Likely cause: {causes[0]['title']} ({causes[0]['evidence']})"
+        failed_models = {c.name.split(".")[0] for c in failed}
+        where = [v for k, v in self.localised.items() if k in failed_models]
+        if where:
+            text += ". Layer by layer: " + "; ".join(where)
         return text
 
     def strict_reason(self) -> str | None:

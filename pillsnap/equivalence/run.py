@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pillsnap.equivalence import diagnose, gates, probes, reporting
+from pillsnap.equivalence import diagnose, divergence, gates, probes, reporting
 from pillsnap.equivalence.classification import (
     ClassificationParity,
 )
@@ -51,6 +51,8 @@ class EquivalenceResult:
     detection: DetectionParity | None = None
     end_to_end: EndToEndParity | None = None
     samples: dict[str, Sample] = field(default_factory=dict)
+    divergence: dict[str, divergence.Divergence] = field(default_factory=dict)
+    """Per-layer localisation per model (on a failed gate, or with ``compare.localise: always``)."""
 
     @property
     def failed(self) -> bool:
@@ -184,8 +186,14 @@ def run_equivalence(
                 e2e = acc.result()
                 checks["end_to_end"] = gates.end_to_end_checks(e2e.metrics, cfg.compare.gates)
         verdict = gates.Verdict([c for group in checks.values() for c in group])
+        parities = {"classification": cls_parity, "detection": det_parity}
+        failed = {t: not all(c.passed for c in checks[t]) for t in parities if t in checks}
+        localised, unlocalised = divergence.localise_models(cfg, models, runners, parities, failed)
+        verdict.localised = {**{t: d.headline() for t, d in localised.items()}, **unlocalised}
         if verdict.failed:
-            verdict.causes = _diagnose(cfg, models, runners, checks, cls_parity, det_parity)
+            verdict.causes = _diagnose(
+                cfg, models, runners, checks, cls_parity, det_parity, localised
+            )
         compute = {
             f"{task}_{engine}_s": round(r.compute_s, 3)
             for task, rr in runners.items()
@@ -198,7 +206,6 @@ def run_equivalence(
     # The sha the release was tagged with (the code that exported it), else the current checkout's.
     tag_sha = tag.rsplit("-", 1)[-1]
     git_sha = tag_sha if re.fullmatch(r"[0-9a-f]{7}|nogit", tag_sha) else get_git_sha()
-    parities = {"classification": cls_parity, "detection": det_parity}
     model_entries = {}
     for task, res in models.items():
         compare = reporting.compare_section(
@@ -233,6 +240,8 @@ def run_equivalence(
             **lanes.describe(),
         },
     }
+    if localised:  # absent when it did not run: a passing release's record stays as it was
+        report["divergence"] = {t: d.to_section() for t, d in localised.items()}
     out = (
         Path(out_dir) if out_dir is not None else Path(next(iter(models.values())).onnx_path).parent
     )
@@ -241,7 +250,9 @@ def run_equivalence(
     report_path = write_report(out / REPORT_NAME, report)
     # Each parity logged its own summary line when it finished; the verdict closes the run.
     log.info("%s -> %s", verdict.summary_line(), report_path)
-    return EquivalenceResult(report, report_path, verdict, cls_parity, det_parity, e2e, samples)
+    return EquivalenceResult(
+        report, report_path, verdict, cls_parity, det_parity, e2e, samples, localised
+    )
 
 
 def _diagnose(
@@ -251,6 +262,7 @@ def _diagnose(
     checks: dict[str, list[gates.Check]],
     cls: ClassificationParity | None,
     det: DetectionParity | None,
+    localised: dict[str, divergence.Divergence] | None = None,
 ) -> list[dict[str, Any]]:
     """Probe each failed model and rank the likely causes (all models together, best first)."""
     causes: list[dict[str, Any]] = []
@@ -274,6 +286,7 @@ def _diagnose(
             getattr(parity, "logit_fit", None),
             tuple(pre.mean) if task == "classification" else None,
             tuple(pre.std) if task == "classification" else None,
+            (localised or {}).get(task),
         )
         found = diagnose.rank_causes(evidence)
         log.warning(

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 _MSE_FLOOR = 1e-20
 _IOU_FLOOR = 1e-9
+_LAYER_FLOOR = 1e-10
 
 
 def plot_mse_histogram(rows: pd.DataFrame, limits: dict[str, float] | None = None) -> Figure:
@@ -166,6 +167,66 @@ def plot_detections(examples: list[dict[str, Any]], count: int = 3) -> Figure:
                 fontsize=8,
             )
             ax.axis("off")
+    return _done(fig)
+
+
+def plot_layer_errors(divergence: dict[str, Any] | None) -> Figure:
+    """Per-layer relative error along depth, per model, tolerance dashed, first divergent layer marked.
+
+    ``divergence`` is the report's ``divergence`` section (model -> localisation). A
+    failed run shows where the engines part; a passing run recorded with
+    ``compare.localise: always`` shows every layer under the tolerance. Without a
+    section (a passing release does not pay for it) the figure says so in one line.
+    """
+    import matplotlib.pyplot as plt
+
+    sections = [(m, d) for m, d in (divergence or {}).items() if d]
+    if not sections:
+        fig, ax = plt.subplots(figsize=(7, 0.8))
+        ax.axis("off")
+        ax.text(
+            0.0,
+            0.5,
+            "per-layer localisation did not run: no classification or detection gate failed "
+            "(set compare.localise=always to record it in a passing run)",
+            va="center",
+            fontsize=9,
+        )
+        return _done(fig)
+    fig, axes = plt.subplots(len(sections), 1, figsize=(9, 3.2 * len(sections)), squeeze=False)
+    for ax, (model, d) in zip(axes[:, 0], sections):
+        layers = d["layers"]
+        depth = np.arange(len(layers))
+        err = np.array(
+            [np.nan if r["rel_error"] is None else r["rel_error"] for r in layers], float
+        )
+        shown = np.log10(np.maximum(np.nan_to_num(err, nan=1e3), _LAYER_FLOOR))
+        ax.plot(depth, shown, marker=".", markersize=3, linewidth=0.8, color="tab:blue")
+        tol = d["tolerance"]
+        ax.axhline(
+            np.log10(tol), color="tab:red", linestyle="--", linewidth=1, label=f"tolerance {tol:g}"
+        )
+        index = {r["position"]: i for i, r in enumerate(layers)}
+        for key, colour, name in (
+            ("first_divergent", "tab:red", "first divergent"),
+            ("worst", "tab:orange", "worst"),
+        ):
+            row = d.get(key)
+            if row is None or row["position"] not in index:
+                continue
+            i = index[row["position"]]
+            label = row["module"] or row["layer"]
+            if key == "first_divergent":
+                ax.axvline(i, color=colour, linewidth=1)
+            ax.scatter([i], [shown[i]], s=40, color=colour, zorder=3, label=f"{name}: {label}")
+        ax.set_title(
+            f"{model}: {d['pattern']} -- {d['matched']} of {d['tapped']} ONNX tensors matched, "
+            f"{d['samples']} samples",
+            fontsize=9,
+        )
+        ax.set_xlabel("compared layer, in execution order (depth)")
+        ax.set_ylabel(f"log10 relative error (floor {_LAYER_FLOOR:g})")
+        ax.legend(fontsize=7, loc="upper left")
     return _done(fig)
 
 

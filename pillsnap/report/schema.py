@@ -170,6 +170,53 @@ class Verdict(_Strict):
     likely_causes: list[Cause]
 
 
+class LayerRow(_Strict):
+    position: int = Field(description="place among the tapped tensors, in execution order")
+    layer: str = Field(description="ONNX node that produced the tensor")
+    module: str = Field(description="Torch module whose output it is ('' for the model output)")
+    tensor: str
+    op_type: str
+    shape: list[int]
+    rel_error: float | None = Field(description="||torch - onnx|| / ||torch||; null: not finite")
+    sqnr_db: float | None = Field(description="signal to noise ratio in dB; null when identical")
+    max_abs: float | None
+    before: float | None = Field(
+        description="largest rel_error of the nearest compared layers it reads (0: the input)"
+    )
+
+
+class LayerPoint(_Strict):
+    position: int
+    layer: str = Field(description="Torch module path, else the ONNX node name")
+    op_type: str
+    rel_error: float | None
+    before: float | None
+
+
+class LayerDivergence(_Strict):
+    model: Literal["detection", "classification"]
+    tolerance: float = Field(description="compare.layer_tolerance")
+    jump_ratio: float = Field(description="a layer introduces the error at >= this x its inputs'")
+    pattern: Literal["none", "input", "interior", "accumulating", "unlocalised"]
+    first_divergent: LayerRow | None = Field(
+        description="first layer that jumps above the tolerance (else the first above it)"
+    )
+    worst: LayerRow | None
+    summary: str
+    samples: int
+    tapped: int = Field(description="float tensors of the ONNX graph considered")
+    matched: int = Field(description="of those, matched to a Torch module output and compared")
+    match_rate: float
+    skipped: dict[str, int] = Field(description="unmatched tensors by reason (never guessed)")
+    elapsed_s: float
+    layers: list[LayerPoint] = Field(description="every compared layer, in execution order")
+
+
+class Divergences(_Strict):
+    detection: LayerDivergence | None = None
+    classification: LayerDivergence | None = None
+
+
 class Environment(_Strict):
     python: str
     platform: str
@@ -193,6 +240,11 @@ class ExportReport(_Strict):
     timing: dict[str, float | str] = Field(
         description="wall_s of the comparison, seconds spent inside each runner, and how the "
         "engines shared the CPU (engines: side by side | in turn, thread counts)"
+    )
+    divergence: Divergences | None = Field(
+        None,
+        description="per-layer Torch/ONNX localisation per model: on a failed classification or "
+        "detection gate, or with compare.localise=always; absent when it did not run",
     )
 
 

@@ -131,6 +131,32 @@ def end_to_end_table(report: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame([{"item": k, "value": number(e2e.get(k))} for k in keys])
 
 
+def divergence_table(report: dict[str, Any]) -> pd.DataFrame:
+    """Per localised model: where Torch and ONNX part (first divergent layer, error before/after) and the worst layer."""
+    import pandas as pd
+
+    rows = []
+    for model, d in (report.get("divergence") or {}).items():
+        if not d:
+            continue
+        first, worst = d.get("first_divergent"), d.get("worst")
+        rows.append(
+            {
+                "model": model,
+                "pattern": d["pattern"],
+                "first_divergent": (first["module"] or first["layer"]) if first else "",
+                "op_type": first["op_type"] if first else "",
+                "error_before": number(first["before"]) if first else "",
+                "error_after": number(first["rel_error"]) if first else "",
+                "worst": (worst["module"] or worst["layer"]) if worst else "",
+                "worst_error": number(worst["rel_error"]) if worst else "",
+                "tolerance": d["tolerance"],
+                "matched": f"{d['matched']} of {d['tapped']}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def release_summary(report: dict[str, Any], digits: int = 3) -> str:
     """Deterministic summary (verdicts, counts, rounded parity figures) for nbval to compare."""
 

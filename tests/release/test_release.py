@@ -435,6 +435,8 @@ def test_demo_release_end_to_end(demo_args, capsys):
     assert all(g["pass"] for g in export_records["gates"])
     # the equivalence notebook plotted what export.ipynb measured; it did not compare again
     assert read_records(release_dir / "equivalence.ipynb")["equivalence_source"] == "loaded"
+    # a passing release pays nothing for the per-layer localisation (compare.localise: on_failure)
+    assert "divergence" not in json.loads((release_dir / "export_report.json").read_text())
     assert (
         out / "latest_classification.onnx"
     ).resolve() == release_dir / "classification-e2e-good.onnx"
@@ -458,6 +460,12 @@ def test_demo_release_gate_failure_keeps_failed_record(demo_args, capsys):
         "failed",
         "skipped",
     ]
+    # the failed record localised the failing model layer by layer and shows the plot: a correct
+    # export under an impossible gate, so no layer diverges
+    report = json.loads((out / "e2e-gate.failed" / "export_report.json").read_text())
+    assert report["divergence"]["classification"]["pattern"] == "none"
+    plot = next(c for c in executed.cells if "plot_layer_errors" in c.source)
+    assert any("image/png" in o.get("data", {}) for o in plot.outputs)
     assert (os.readlink(out / "latest") if (out / "latest").is_symlink() else None) == before
 
 

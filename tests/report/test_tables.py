@@ -71,3 +71,19 @@ def test_release_summary_is_rounded_and_stable():
     failed["failed"] = True
     failed["models"]["classification"]["compare"]["gates"][0]["passed"] = False
     assert tables.release_summary(failed) != text and "FAIL" in tables.release_summary(failed)
+
+
+def test_divergence_table_names_first_and_worst_layers():
+    from test_plots import _divergence_section
+
+    report = example_report()
+    assert tables.divergence_table(report).empty  # not localised: no rows
+    report["divergence"] = {"detection": _divergence_section(2)}
+    row = tables.divergence_table(report).to_dict("records")[0]
+    assert (row["model"], row["pattern"], row["first_divergent"], row["worst"]) == (
+        "detection",
+        "interior",
+        "m2",
+        "m3",
+    )
+    assert row["error_after"] == "0.3" and row["matched"] == "4 of 4"
