@@ -34,6 +34,19 @@ from pillsnap.release.manifest import verify_release, write_manifest
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("detection", "classification")
 PHOTOS = REPO / "pillsnap" / "serve" / "static"
+MAX_UPLOAD = 2_000_000  # the shared test server's serve.max_upload_bytes
+MAX_PIXELS = 4_000_000  # ... and serve.max_image_pixels
+
+
+def assert_error(r: httpx.Response, status: int, *words: str) -> dict[str, Any]:
+    """An error response in the API's one shape, with the status and words expected."""
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert set(body) == {"error", "request_id"}, body
+    assert body["request_id"] == r.headers["x-request-id"]
+    for word in words:
+        assert word in body["error"], (word, body["error"])
+    return body
 
 
 def build_release(
@@ -89,6 +102,15 @@ def rewrite_manifest(folder: Path, tag: str, finished_at: str = "2025-01-01T00:0
             "versions": library_versions(),
         },
     )
+
+
+def tamper(folder: Path) -> Path:
+    """Flip one byte of the classifier, same size: only the hash can tell."""
+    onnx = next(folder.glob("classification-*.onnx"))
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    return folder
 
 
 def copy_release(src: Path, dst: Path) -> Path:

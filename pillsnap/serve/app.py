@@ -112,7 +112,9 @@ def create_app(
 ) -> FastAPI:
     """The app serving ``source`` (resolved by ``manager.resolve_source``) with ``settings``."""
     metrics = Metrics()
-    manager = ModelManager(cfg, settings, allowed_roots(settings, cfg), metrics.model_changed)
+    manager = ModelManager(
+        cfg, settings, allowed_roots(settings, cfg), metrics.model_changed, metrics.reloaded
+    )
     page = (STATIC / "index.html").read_text(encoding="utf-8")
 
     @asynccontextmanager

@@ -153,12 +153,14 @@ class ModelManager:
         cfg: Config,
         settings: ServeSettings,
         roots: list[Path],
-        on_change: Callable[[ServedModel, str], None] | None = None,
+        on_change: Callable[[ServedModel], None] | None = None,
+        on_reload: Callable[[str], None] | None = None,
     ):
         self.cfg, self.settings, self.roots = cfg, settings, roots
         self._current: ServedModel | None = None
         self._lock = asyncio.Lock()
-        self._on_change = on_change or (lambda _model, _result: None)
+        self._on_change = on_change or (lambda _model: None)
+        self._on_reload = on_reload or (lambda _result: None)
         self.startup_error: str | None = None
 
     @property
@@ -184,9 +186,9 @@ class ModelManager:
             batch,
         )
 
-    def publish(self, model: ServedModel, result: str = "startup") -> None:
+    def publish(self, model: ServedModel) -> None:
         self._current = model  # the one atomic swap
-        self._on_change(model, result)
+        self._on_change(model)
 
     async def start(self, source: ModelSource) -> ServedModel:
         model = await asyncio.to_thread(self.load, source)
@@ -210,9 +212,11 @@ class ModelManager:
             folder = check_reload_path(raw_path, self.roots)
         except ModelRejected as exc:
             log.warning("reload by %s of %r refused (%s): %s", who, raw_path, exc.step, exc)
+            self._on_reload("refused")
             raise
         if self._lock.locked():  # check + acquire with no await between: race-free on one loop
             log.warning("reload by %s of %s refused: another reload is running", who, folder)
+            self._on_reload("conflict")
             raise ReloadInProgress("another reload is loading a model; retry when it is done")
         async with self._lock:
             old = self._current
@@ -230,11 +234,14 @@ class ModelManager:
                     exc,
                     old and old.version,
                 )
+                self._on_reload("failed")
                 raise
             except Exception as exc:  # our bug or the machine: still never swap
                 log.exception("reload by %s of %s failed unexpectedly", who, folder)
+                self._on_reload("failed")
                 raise ModelRejected("load", f"{folder}: loading failed: {exc}") from exc
-            self.publish(new, "ok")
+            self.publish(new)
+            self._on_reload("ok")
             log.info(
                 "reload by %s: %s -> %s (%.1f s); in-flight requests finish on %s",
                 who,

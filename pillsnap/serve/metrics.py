@@ -82,7 +82,11 @@ class Metrics:
         self.batch_size.labels(stage).observe(size)
         self.batch_seconds.labels(stage).observe(seconds)
 
-    def model_changed(self, model: ServedModel, result: str) -> None:
+    def reloaded(self, result: str) -> None:
+        """ok, failed (verify / load / warm-up), refused (path, roots), conflict (409)."""
+        self.reloads.labels(result).inc()
+
+    def model_changed(self, model: ServedModel) -> None:
         self.model.info(
             {
                 "version": model.version,
@@ -93,8 +97,6 @@ class Metrics:
             }
         )
         self.load_seconds.set(model.load_seconds)
-        if result != "startup":
-            self.reloads.labels(result).inc()
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -15,13 +15,11 @@ from pathlib import Path
 
 import pytest
 from _demo_release import demo_release
-from _serving import ServerProcess, build_release, write_config
+from _serving import MAX_PIXELS, MAX_UPLOAD, ServerProcess, build_release, write_config
 
 from pillsnap.config import Config
 
 TAG_A, TAG_B = "20250101-000000-test000", "20250102-000000-test001"
-MAX_UPLOAD = 2_000_000
-MAX_PIXELS = 4_000_000
 
 
 @dataclass

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import MAX_PIXELS, MAX_UPLOAD
+from _serving import MAX_PIXELS, MAX_UPLOAD, assert_error
 from PIL import Image
 
 from pillsnap.fileio import sha256_file
@@ -25,16 +25,6 @@ from pillsnap.pipeline import Pipeline
 
 POSTS = ["/v1/predict", "/v1/predict/batch", "/reload", "/v1/admin/reload"]
 GETS = ["/", "/health/live", "/health/ready", "/v1/model", "/metrics", "/openapi.json"]
-
-
-def assert_error(r: httpx.Response, status: int, *words: str) -> dict:
-    assert r.status_code == status, (r.status_code, r.text)
-    body = r.json()
-    assert set(body) == {"error", "request_id"}, body
-    assert body["request_id"] == r.headers["x-request-id"]
-    for word in words:
-        assert word in body["error"], (word, body["error"])
-    return body
 
 
 def test_predict_matches_the_pipeline_in_process(server):

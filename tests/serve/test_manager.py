@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _serving import copy_release, rewrite_manifest
+from _serving import copy_release, rewrite_manifest, tamper
 
 from pillsnap.config import apply_overrides
 from pillsnap.serve.manager import (
@@ -27,15 +27,6 @@ from pillsnap.serve.settings import ServeSettings, allowed_roots
 
 def settings(**kw) -> ServeSettings:
     return ServeSettings(_env_file=None, **kw)
-
-
-def tamper(folder: Path) -> Path:
-    """Flip one byte of the classifier, same size: only the hash can tell."""
-    onnx = next(folder.glob("classification-*.onnx"))
-    data = bytearray(onnx.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    onnx.write_bytes(bytes(data))
-    return folder
 
 
 @pytest.fixture(scope="module")
