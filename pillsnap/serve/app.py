@@ -10,9 +10,7 @@ stack traces go to the log only.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -20,18 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
+from fastapi.responses import HTMLResponse, Response
 
 from pillsnap.config import Config
-from pillsnap.serve.batching import BatcherClosed, QueueFull
-from pillsnap.serve.images import IMAGE_CONTENT_TYPES, BadImage
-from pillsnap.serve.manager import ModelManager, ModelSource, ReloadInProgress
+from pillsnap.serve.bodies import (
+    BATCH_BODY,
+    IMAGE_BODY,
+    RELOAD_BODY,
+    body_limits,
+    check_admin,
+    read_json,
+    read_photo,
+    read_photos,
+)
+from pillsnap.serve.errors import add_error_handlers
+from pillsnap.serve.manager import ModelManager, ModelSource
 from pillsnap.serve.metrics import Metrics, MetricsMiddleware
-from pillsnap.serve.middleware import BodyLimitMiddleware, RequestIdMiddleware, request_id_var
-from pillsnap.serve.model import ModelRejected
+from pillsnap.serve.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from pillsnap.serve.schemas import (
     ERRORS,
     BatchResponse,
@@ -41,67 +44,15 @@ from pillsnap.serve.schemas import (
     Ready,
     ReloadResponse,
 )
-from pillsnap.serve.service import NotReady, Prediction, PredictService
+from pillsnap.serve.service import Prediction, PredictService
 from pillsnap.serve.settings import ServeSettings, allowed_roots
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
-MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the photo
-SMALL_BODY = 64 * 1024  # JSON bodies (reload) and anything else
-_REJECTED_STATUS = {"forbidden": 403, "path": 400, "verify": 400, "load": 422, "warmup": 422}
 ROUTES = frozenset(
     {"/", "/v1/predict", "/v1/predict/batch", "/health/live", "/health/ready", "/v1/model"}
     | {"/metrics", "/reload", "/v1/admin/reload"}
 )
-RAW_TYPES = (*IMAGE_CONTENT_TYPES, "application/octet-stream")
-IMAGE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            },
-            **{
-                t: {"schema": {"type": "string", "format": "binary", "minLength": 1}}
-                for t in RAW_TYPES
-            },
-        },
-    }
-}
-BATCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                }
-            }
-        },
-    }
-}
-RELOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["model_path"],
-                    "properties": {"model_path": {"type": "string", "minLength": 1}},
-                }
-            }
-        },
-    }
-}
 
 
 def create_app(
@@ -147,10 +98,10 @@ def create_app(
         responses=ERRORS,
     )
     # Last added = outermost: RequestId > Metrics > BodyLimit > routes.
-    app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(settings))
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES)
     app.add_middleware(RequestIdMiddleware)
-    _add_error_handlers(app, metrics)
+    add_error_handlers(app, metrics)
 
     def service_of(request: Request) -> PredictService:
         return request.app.state.service
@@ -256,167 +207,3 @@ def photo_body(result: Prediction, start: float | None = None) -> dict[str, Any]
         "pills": [p.to_dict() for p in result.pills],
         "timing_ms": timing,
     }
-
-
-def _body_limits(settings: ServeSettings) -> Callable[[dict[str, Any]], int]:
-    """Per route: one photo (plus the multipart envelope around it), a batch, or a small JSON."""
-
-    def limit(scope: dict[str, Any]) -> int:
-        path = scope["path"]
-        if path == "/v1/predict/batch":
-            return settings.max_batch_upload_bytes
-        if path != "/v1/predict":
-            return SMALL_BODY
-        ctype = dict(scope["headers"]).get(b"content-type", b"")
-        multipart = ctype.lower().startswith(b"multipart/")
-        return settings.max_upload_bytes + (MULTIPART_SLACK if multipart else 0)
-
-    return limit
-
-
-def _content_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-async def read_photo(request: Request, max_bytes: int) -> bytes:
-    """The photo of a single-photo request, as bytes (size and type checked, format not yet)."""
-    ctype = _content_type(request)
-    if ctype == "multipart/form-data":
-        async with request.form(max_files=1, max_fields=4) as form:
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise HTTPException(400, "multipart body has no file field named 'file'")
-            if upload.size is not None and upload.size > max_bytes:
-                raise HTTPException(
-                    413, f"photo exceeds {max_bytes} bytes (serve.max_upload_bytes)"
-                )
-            return await upload.read()
-    if ctype in RAW_TYPES:
-        return await request.body()
-    raise HTTPException(
-        415,
-        f"unsupported content type {ctype or 'none'!r}; send multipart/form-data with a 'file' "
-        f"field or a raw body of type {', '.join(RAW_TYPES)}",
-    )
-
-
-async def read_photos(request: Request, max_bytes: int, max_files: int) -> list[tuple[str, bytes]]:
-    if _content_type(request) != "multipart/form-data":
-        raise HTTPException(415, "send multipart/form-data with one 'files' field per photo")
-    async with request.form(max_files=max_files, max_fields=max_files) as form:
-        uploads = [u for key in ("files", "file") for u in form.getlist(key)]
-        if not uploads or any(isinstance(u, str) for u in uploads):
-            raise HTTPException(400, "multipart body needs one or more file fields named 'files'")
-        out = []
-        for i, upload in enumerate(uploads):
-            name = upload.filename or f"file {i}"
-            if upload.size is not None and upload.size > max_bytes:
-                raise HTTPException(
-                    413, f"{name} exceeds {max_bytes} bytes (serve.max_upload_bytes)"
-                )
-            out.append((name, await upload.read()))
-        return out
-
-
-async def read_json(request: Request) -> dict[str, Any]:
-    if _content_type(request) != "application/json":
-        raise HTTPException(415, 'send application/json: {"model_path": "..."}')
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPException(400, f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict) or set(body) - {"model_path"}:
-        raise HTTPException(400, 'expected exactly {"model_path": "<release folder>"}')
-    return body
-
-
-def check_admin(request: Request, settings: ServeSettings) -> None:
-    """Reload is off without ``PILLSNAP_ADMIN_TOKEN``; the bearer token is compared in constant time."""
-    if not settings.reload_enabled or settings.admin_token is None:
-        raise HTTPException(
-            403, "reload is disabled: start the server with PILLSNAP_ADMIN_TOKEN set to enable it"
-        )
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    expected = settings.admin_token.get_secret_value().encode()
-    ok = secrets.compare_digest(given.strip().encode("utf-8", "replace"), expected)
-    if not (ok and scheme.lower() == "bearer"):
-        log.warning(
-            "reload refused: missing or wrong admin token from %s",
-            request.client.host if request.client else "?",
-        )
-        raise HTTPException(
-            401,
-            "missing or wrong admin token (Authorization: Bearer <token>)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
-def _error(
-    request: Request, status: int, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    rid = getattr(request.state, "request_id", None) or request_id_var.get()
-    return JSONResponse(
-        {"error": message, "request_id": rid},
-        status_code=status,
-        headers={"x-request-id": rid, **(headers or {})},
-    )
-
-
-def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
-    """Every failure to one JSON shape; one place maps library errors to HTTP statuses."""
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        if exc.status_code in (413, 415):
-            metrics.rejected.labels(str(exc.status_code)).inc()
-        return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        return _error(request, 422, "; ".join(parts) or "invalid request")
-
-    @app.exception_handler(BadImage)
-    async def bad_image(request: Request, exc: BadImage) -> JSONResponse:
-        metrics.rejected.labels(exc.reason).inc()
-        return _error(request, 400, str(exc))
-
-    @app.exception_handler(ModelRejected)
-    async def rejected(request: Request, exc: ModelRejected) -> JSONResponse:
-        model = request.app.state.manager.current
-        still = f"; still serving {model.version}" if model is not None else ""
-        return _error(request, _REJECTED_STATUS[exc.step], f"{exc}{still}")
-
-    @app.exception_handler(ReloadInProgress)
-    async def busy(request: Request, exc: ReloadInProgress) -> JSONResponse:
-        return _error(request, 409, str(exc), {"Retry-After": "5"})
-
-    @app.exception_handler(NotReady)
-    async def not_ready(request: Request, exc: NotReady) -> JSONResponse:
-        return _error(request, 503, f"not ready: {exc}", {"Retry-After": "5"})
-
-    @app.exception_handler(QueueFull)
-    async def overloaded(request: Request, exc: QueueFull) -> JSONResponse:
-        return _error(request, 503, f"overloaded: {exc}; retry shortly", {"Retry-After": "1"})
-
-    @app.exception_handler(BatcherClosed)
-    async def closing(request: Request, exc: BatcherClosed) -> JSONResponse:
-        return _error(request, 503, str(exc))
-
-    @app.exception_handler(TimeoutError)
-    async def timeout(request: Request, exc: TimeoutError) -> JSONResponse:
-        return _error(
-            request, 503, "the request timed out waiting for the model; retry", {"Retry-After": "1"}
-        )
-
-    @app.exception_handler(ClientDisconnect)
-    async def gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
-        log.info("client hung up before its body arrived (request %s)", request.state.request_id)
-        return _error(request, 400, "the client disconnected before sending the whole body")
-
-    @app.exception_handler(Exception)
-    async def unhandled(request: Request, exc: Exception) -> JSONResponse:
-        log.error(
-            "internal error, request_id=%s", getattr(request.state, "request_id", "-"), exc_info=exc
-        )
-        return _error(request, 500, "internal error (the server log has the details)")

@@ -48,6 +48,7 @@ class ServeSettings(BaseSettings, ServeConfig):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",  # .env also holds PILLSNAP_CONFIG and whatever else the team keeps there
+        env_ignore_empty=True,  # `MODEL_PATH=` (as in .env.example) means unset, not "."
         populate_by_name=True,
         validate_assignment=True,
     )

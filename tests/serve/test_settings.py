@@ -39,6 +39,12 @@ def test_priority_flags_env_dotenv_config_defaults(clean_env, tmp_path):
     assert (s.port, s.max_batch, s.model_path) == (7200, 16, Path("/from/env"))
 
 
+def test_empty_values_as_in_env_example_mean_unset(clean_env, tmp_path):
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    s = load_settings(load_config(DEMO), example)
+    assert s.model_path is None and not s.reload_enabled and s.port == 8000
+
+
 def test_token_only_from_env_and_never_printed(clean_env, tmp_path):
     cfg = load_config(DEMO)
     assert not load_settings(cfg, None).reload_enabled
