@@ -94,6 +94,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
+        sock.listen(2048)  # connections queue from now on, while the app starts
     except OSError as exc:
         raise UserInputError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port "

@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from _demo_release import demo_release
 from _serving import MAX_PIXELS, MAX_UPLOAD, ServerProcess, build_release, write_config
@@ -39,6 +40,8 @@ class Server:
     url: str
     token: str
     releases: Releases
+    initial: dict
+    """``GET /v1/model`` right after the start (later tests may reload)."""
 
 
 @pytest.fixture(scope="session")
@@ -68,5 +71,6 @@ def server(releases) -> Server:
             "PILLSNAP_SERVE_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
         },
     )
-    yield Server(proc, proc.url, token, releases)
-    proc.stop()
+    initial = httpx.get(proc.url + "/v1/model").json()
+    yield Server(proc, proc.url, token, releases, initial)
+    assert proc.stop() == 0

@@ -70,10 +70,17 @@ def test_batch_endpoint_returns_one_result_per_photo(server):
     assert_error(httpx.post(server.url + "/v1/predict/batch", files=bad), 400, "bad.jpg")
 
 
+def test_started_on_model_path(server):
+    first = server.initial
+    assert (first["source"], first["version"]) == ("MODEL_PATH", server.releases.a.name)
+    assert first["release_dir"] == str(server.releases.a.resolve())
+    assert server.url.startswith("http://127.0.0.1:")
+
+
 def test_model_endpoint_hashes_every_file_of_the_release(server):
     info = httpx.get(server.url + "/v1/model").json()
     folder = Path(info["release_dir"])
-    assert info["source"] in ("MODEL_PATH", "reload") and info["degraded"] is False
+    assert info["degraded"] is False
     assert info["engine"] == "onnxruntime" and "CPUExecutionProvider" in info["providers"]
     assert info["precision"] == {"detection": "fp32", "classification": "fp32"}
     on_disk = {

@@ -129,8 +129,16 @@ def test_torch_fallback_serves_degraded(releases, tmp_path):
     empty = tmp_path / "runs"
     empty.mkdir()
     config = write_config(tmp_path / "config.yaml", releases.cfg, empty)
-    proc = ServerProcess.start(tmp_path / "s4", config)
+    proc = ServerProcess.start(tmp_path / "s4", config, wait_ready=False)
     try:
+        assert proc.url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
+        # listening at once, not ready until the (slow, Torch) model is loaded and warm
+        assert httpx.get(proc.url + "/health/live", timeout=10).status_code == 200
+        assert_error(httpx.get(proc.url + "/health/ready", timeout=10), 503, "not ready")
+        photo = releases.photos[1].read_bytes()
+        early = httpx.post(proc.url + "/v1/predict", files={"file": ("p.jpg", photo)}, timeout=30)
+        assert_error(early, 503, "loading")
+        proc.wait_ready()
         ready = httpx.get(proc.url + "/health/ready").json()
         assert ready["status"] == "degraded" and ready["degraded"] is True
         info = httpx.get(proc.url + "/v1/model").json()
@@ -141,7 +149,6 @@ def test_torch_fallback_serves_degraded(releases, tmp_path):
         )
         assert info["version"].startswith("torch-") and len(info["files"]) == 2
         assert any("degraded" in w for w in info["warnings"])
-        photo = releases.photos[1].read_bytes()
         r = httpx.post(proc.url + "/v1/predict", files={"file": ("p.jpg", photo)}, timeout=60)
         assert r.status_code == 200 and r.json()["degraded"] is True and r.json()["pills"]
     finally:
