@@ -108,15 +108,26 @@ def load(url: str, photos: list[bytes], clients: int, seconds: float) -> dict:
     }
 
 
-def batch_sizes(url: str) -> dict[str, float]:
-    """Mean requests per detector / classifier call so far (from /metrics)."""
+def batch_counts(url: str) -> dict[str, tuple[float, float]]:
+    """(requests, model calls) so far per stage, from /metrics."""
     text = httpx.get(url + "/metrics").text
     out = {}
     for stage in ("detector", "classifier"):
         s = re.search(rf'pillsnap_batch_size_sum{{stage="{stage}"}} ([\d.e+]+)', text)
         c = re.search(rf'pillsnap_batch_size_count{{stage="{stage}"}} ([\d.e+]+)', text)
-        out[stage] = float(s.group(1)) / max(1.0, float(c.group(1))) if s and c else 0.0
+        out[stage] = (float(s.group(1)), float(c.group(1))) if s and c else (0.0, 0.0)
     return out
+
+
+def measure(url: str, photos: list[bytes], clients: int, seconds: float) -> dict:
+    """``load`` plus the mean requests per detector / classifier call during it."""
+    before = batch_counts(url)
+    res = load(url, photos, clients, seconds)
+    after = batch_counts(url)
+    for stage, (n, calls) in after.items():
+        dn, dc = n - before[stage][0], calls - before[stage][1]
+        res[f"batch_{stage}"] = dn / dc if dc else 0.0
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds = []
         for r in range(args.rounds):
             order = cells if r % 2 == 0 else cells[::-1]
-            res = {f"{m}/c{c}": load(servers[m][1], photos, c, args.seconds) for m, c in order}
+            res = {f"{m}/c{c}": measure(servers[m][1], photos, c, args.seconds) for m, c in order}
             rounds.append(res)
             print(
                 f"round {r + 1}: "
@@ -162,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 flush=True,
             )
-        sizes = {m: batch_sizes(url) for m, (_, url) in servers.items()}
     finally:
         for proc, _ in servers.values():
             proc.send_signal(signal.SIGTERM)
@@ -174,23 +184,22 @@ def main(argv: list[str] | None = None) -> int:
         f"\nserve benchmark: {len(photos)} demo photos, {args.rounds} rounds x {args.seconds:.0f} s per cell, "
         f"{os.cpu_count()} CPUs; {failures} failed requests"
     )
-    print(f"{'cell':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}   (medians over rounds)")
+    print(
+        f"{'cell':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'det/call':>9} {'cls/call':>9}"
+        "   (medians over rounds; requests per detector / classifier call)"
+    )
+    fields = ("req_per_s", "p50_ms", "p99_ms", "batch_detector", "batch_classifier")
     table = {}
     for k in keys:
-        med = {
-            f: statistics.median(res[k][f] for res in rounds)
-            for f in ("req_per_s", "p50_ms", "p99_ms")
-        }
+        med = {f: statistics.median(res[k][f] for res in rounds) for f in fields}
         table[k] = med
-        print(f"{k:<8} {med['req_per_s']:>8.1f} {med['p50_ms']:>8.1f} {med['p99_ms']:>8.1f}")
+        print(
+            f"{k:<8} {med['req_per_s']:>8.1f} {med['p50_ms']:>8.1f} {med['p99_ms']:>8.1f}"
+            f" {med['batch_detector']:>9.2f} {med['batch_classifier']:>9.2f}"
+        )
     thr = [res["on/c8"]["req_per_s"] / res["off/c8"]["req_per_s"] for res in rounds]
     p99 = [res["on/c1"]["p99_ms"] / res["off/c1"]["p99_ms"] for res in rounds]
     p50_8 = [res["on/c8"]["p50_ms"] / res["off/c8"]["p50_ms"] for res in rounds]
-    print(
-        f"mean requests per model call, batching on: detector {sizes['on']['detector']:.2f}, "
-        f"classifier {sizes['on']['classifier']:.2f} (off: {sizes['off']['detector']:.2f}, "
-        f"{sizes['off']['classifier']:.2f})"
-    )
     print(
         f"throughput at concurrency 8, on/off: {statistics.median(thr):.2f}x "
         f"(per round {', '.join(f'{x:.2f}' for x in thr)}; target >= 1.5x)"
@@ -206,7 +215,6 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "rounds": rounds,
                     "medians": table,
-                    "batch_sizes": sizes,
                     "throughput_ratio_c8": thr,
                     "p99_ratio_c1": p99,
                 },

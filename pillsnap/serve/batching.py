@@ -8,6 +8,11 @@ as soon as no other request is on its way to this batcher (``upstream()`` is 0),
 a lone request never waits: batching costs nothing at concurrency 1 and, while the
 model thread is busy, items pile up and go together into the next call.
 
+Batchers that share a model thread share a ``slot`` (an asyncio lock): a batch is taken
+from the queue only once the thread is free, so everything that arrived while the
+other stage's call ran goes into it (formed earlier, it would wait in the thread's
+queue while newer requests missed it).
+
 Items of different models (a reload in between) never share a batch. A caller that
 gave up (timeout, disconnect) is skipped; a future is never resolved twice; a failed
 batch fails only its own callers, and a crash of the loop fails every waiting caller
@@ -61,12 +66,14 @@ class DynamicBatcher:
         max_queue: int = 64,
         upstream: Callable[[], int] | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
+        slot: asyncio.Lock | None = None,
     ):
         self.name, self._fn, self._executor = name, fn, executor
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.max_queue = max_queue
         self._upstream = upstream or (lambda: 0)
         self._on_batch = on_batch
+        self._slot = slot or asyncio.Lock()
         self._pending: collections.deque[_Item] = collections.deque()
         self._wake = asyncio.Event()
         self._closed = False
@@ -117,9 +124,9 @@ class DynamicBatcher:
                 self._wake.clear()
                 await self._wake.wait()
             await self._gather()
-            batch = self._take()
-            for model, items in _by_model(batch):
-                await self._run_batch(loop, model, items)
+            async with self._slot:  # the model thread is free now: take all that is there
+                for model, items in _by_model(self._take()):
+                    await self._run_batch(loop, model, items)
 
     async def _gather(self) -> None:
         """Wait while the batch is not full, its deadline not reached and more is on its way."""

@@ -78,6 +78,7 @@ class PredictService:
             "max_wait_ms": settings.max_wait_ms,
             "max_queue": settings.max_queue,
             "on_batch": metrics.observe_batch,
+            "slot": asyncio.Lock(),  # one model thread: one batch at a time, formed when it is free
         }
         self.detector = DynamicBatcher(
             "detector", _detect, self.model_thread, upstream=lambda: self._arriving, **common
