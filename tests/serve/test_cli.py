@@ -129,7 +129,10 @@ def test_torch_fallback_serves_degraded(releases, tmp_path):
     empty = tmp_path / "runs"
     empty.mkdir()
     config = write_config(tmp_path / "config.yaml", releases.cfg, empty)
-    proc = ServerProcess.start(tmp_path / "s4", config, wait_ready=False)
+    # max_batch 1: Torch eager on the CPU is slow, warm it up on one photo only
+    proc = ServerProcess.start(
+        tmp_path / "s4", config, env={"PILLSNAP_SERVE_MAX_BATCH": "1"}, wait_ready=False
+    )
     try:
         assert proc.url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
         # listening at once, not ready until the (slow, Torch) model is loaded and warm
