@@ -219,12 +219,20 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(10)
 
-    def peak_rss_kb(self) -> int:
-        """VmHWM of the server process (the peak resident memory so far)."""
+    def memory_kb(self, key: str = "VmHWM") -> int:
+        """``VmHWM`` (peak resident memory) or ``VmRSS`` of the server process, in kB."""
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1])
-        raise AssertionError("no VmHWM in /proc status")
+        raise AssertionError(f"no {key} in /proc status")
+
+    def reset_peak(self) -> int:
+        """Restart the peak at the current resident size (``clear_refs`` 5); returns VmRSS."""
+        try:
+            Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        except OSError:
+            pass  # then VmHWM keeps the older peak: a weaker, still valid upper bound
+        return self.memory_kb("VmRSS")
 
 
 def photo_bytes(name: str = "warmup.jpg") -> bytes:
