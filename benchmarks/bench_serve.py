@@ -108,25 +108,37 @@ def load(url: str, photos: list[bytes], clients: int, seconds: float) -> dict:
     }
 
 
-def batch_counts(url: str) -> dict[str, tuple[float, float]]:
-    """(requests, model calls) so far per stage, from /metrics."""
+def batch_counts(url: str) -> dict[str, tuple[float, float, float]]:
+    """(requests, model calls, model seconds) so far per stage, from /metrics."""
     text = httpx.get(url + "/metrics").text
-    out = {}
-    for stage in ("detector", "classifier"):
-        s = re.search(rf'pillsnap_batch_size_sum{{stage="{stage}"}} ([\d.e+]+)', text)
-        c = re.search(rf'pillsnap_batch_size_count{{stage="{stage}"}} ([\d.e+]+)', text)
-        out[stage] = (float(s.group(1)), float(c.group(1))) if s and c else (0.0, 0.0)
-    return out
+
+    def value(name: str, stage: str) -> float:
+        found = re.search(rf'{name}{{stage="{stage}"}} ([\d.e+-]+)', text)
+        return float(found.group(1)) if found else 0.0
+
+    return {
+        stage: (
+            value("pillsnap_batch_size_sum", stage),
+            value("pillsnap_batch_size_count", stage),
+            value("pillsnap_batch_seconds_sum", stage),
+        )
+        for stage in ("detector", "classifier")
+    }
 
 
 def measure(url: str, photos: list[bytes], clients: int, seconds: float) -> dict:
     """``load`` plus the mean requests per detector / classifier call during it."""
     before = batch_counts(url)
+    start = time.perf_counter()
     res = load(url, photos, clients, seconds)
+    wall = time.perf_counter() - start
     after = batch_counts(url)
-    for stage, (n, calls) in after.items():
+    busy = 0.0
+    for stage, (n, calls, secs) in after.items():
         dn, dc = n - before[stage][0], calls - before[stage][1]
         res[f"batch_{stage}"] = dn / dc if dc else 0.0
+        busy += secs - before[stage][2]
+    res["model_busy"] = busy / wall  # share of the wall time the model thread computed
     return res
 
 
@@ -186,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'cell':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'det/call':>9} {'cls/call':>9}"
-        "   (medians over rounds; requests per detector / classifier call)"
+        f" {'model busy':>11}   (medians over rounds; requests per detector / classifier call)"
     )
-    fields = ("req_per_s", "p50_ms", "p99_ms", "batch_detector", "batch_classifier")
+    fields = ("req_per_s", "p50_ms", "p99_ms", "batch_detector", "batch_classifier", "model_busy")
     table = {}
     for k in keys:
         med = {f: statistics.median(res[k][f] for res in rounds) for f in fields}
@@ -196,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{k:<8} {med['req_per_s']:>8.1f} {med['p50_ms']:>8.1f} {med['p99_ms']:>8.1f}"
             f" {med['batch_detector']:>9.2f} {med['batch_classifier']:>9.2f}"
+            f" {med['model_busy']:>10.0%}"
         )
     thr = [res["on/c8"]["req_per_s"] / res["off/c8"]["req_per_s"] for res in rounds]
     p99 = [res["on/c1"]["p99_ms"] / res["off/c1"]["p99_ms"] for res in rounds]
