@@ -16,7 +16,7 @@ LINTED := pillsnap tests benchmarks scripts notebooks
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[cpu,dev]"
+	$(BIN)/pip install -q -e ".[cpu,dev,serve]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name pillsnap --display-name "Python (pillsnap)" >/dev/null
 	touch $(STAMP)
 

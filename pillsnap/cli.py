@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "Torch <-> ONNX equivalence check, writes export_report.json",
     ),
     "release": ("pillsnap.release.cli", "run the papermill release; verify / diff releases"),
+    "serve": ("pillsnap.serve.cli", "HTTP API over a verified release (FastAPI + uvicorn)"),
 }
 
 
