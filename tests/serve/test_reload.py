@@ -134,6 +134,7 @@ def _reseal(folder: Path) -> None:
     """Re-record the folder's current bytes (report sha256 and manifest): it verifies again."""
     report_path = folder / "export_report.json"
     report = json.loads(report_path.read_text())
+    report["version_tag"] = folder.name  # verify also checks the manifest against the report
     for entry in report["models"].values():
         onnx = folder / Path(entry["onnx_path"]).name
         if onnx.is_file():
