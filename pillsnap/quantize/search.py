@@ -1,0 +1,397 @@
+"""One model from float32 to a gated INT8: recipes, then the exclusion loop, every step recorded.
+
+``ModelQuantizer(...).run()`` reads top to bottom:
+
+1. ``quant_pre_process`` once; the known exclusions (with reasons) on that graph;
+2. each recipe of ``quantize.recipes``: quantize (calibrating once per method), gate
+   (``gate.evaluate``: the equivalence code, real kernels, real data), speed;
+3. the best recipe passes -> done. Else, when the calibration inputs differ from the
+   gate's inputs, stop: the reason names the calibration. Else the loop
+   (``quantize.search``): rank layer groups by per-layer SQNR lost
+   (``sensitivity.measure``), re-quantize with each of the ``candidates`` worst
+   reverted to float and gate each (the task-aware score: the gate's distance from
+   passing, measured on the fused CPU kernels), keep the best if it helped, else try
+   the next candidates; stop when the gate passes, at ``max_excluded`` groups, at
+   ``max_steps``, or when INT8 is no longer ``min_speedup`` faster than float32.
+
+Each step is a ``Step`` (what changed, the gate metrics, the speed), so the notebook
+plots the path and the record stores it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pillsnap.quantize import gate as gates
+from pillsnap.quantize.exclusions import REASONS, Exclusion
+
+if TYPE_CHECKING:
+    from pillsnap.config import Config
+    from pillsnap.config.quantize import Recipe
+    from pillsnap.quantize.calibrate import CalibrationSet, Loader
+    from pillsnap.quantize.sensitivity import Sensitivity
+
+log = logging.getLogger(__name__)
+KEY_METRICS = {
+    "classification": (
+        "top1_match_rate",
+        "accuracy_drop",
+        "mse_mean",
+        "kl_mean",
+        "class_recall_drop_max",
+    ),
+    "detection": (
+        "delta_map50",
+        "delta_map50_95",
+        "recall_drop",
+        "score_diff_p95",
+        "top_score_log2_ratio",
+    ),
+}
+
+
+@dataclass
+class Step:
+    """One step of a model's path: a recipe tried, a group reverted, or candidates that did not help."""
+
+    index: int
+    action: str
+    """``recipe`` | ``revert`` | ``no_help``."""
+    recipe: str
+    group: str | None
+    float_groups: list[str]
+    excluded_nodes: int
+    passed: bool
+    excess: float
+    failed_checks: list[str]
+    metrics: dict[str, float]
+    speedup: float | None
+    tried: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        from pillsnap.report.record import to_jsonable
+
+        return to_jsonable(asdict(self))
+
+
+@dataclass
+class ModelOutcome:
+    task: str
+    float_path: Path
+    int8_path: Path | None
+    """The INT8 candidate (in the work folder) of the last accepted step."""
+    recipe: dict[str, Any]
+    recipes: list[dict[str, Any]]
+    exclusions: list[Exclusion]
+    steps: list[Step]
+    gate: gates.GateResult | None
+    speed: dict[str, Any]
+    calibration: CalibrationSet
+    calibration_stats: dict[str, Any]
+    sensitivity: Sensitivity | None
+    passed: bool
+    reason: str | None
+    causes: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def search_groups(self) -> list[str]:
+        return sorted({e.group for e in self.exclusions if e.kind == "search"})
+
+
+def _short(checks: list[Any]) -> list[str]:
+    return [c.describe() for c in checks]
+
+
+class ModelQuantizer:
+    """Quantize one float32 ONNX model until its int8 gates hold (see the module doc)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        task: str,
+        float_path: Path,
+        workdir: Path,
+        calibration: CalibrationSet,
+        cpu: dict[str, Any],
+        loader: Loader | None = None,
+    ):
+        import onnx
+
+        from pillsnap.quantize import calibrate, exclusions, recipes
+
+        self.cfg, self.task, self.float_path, self.workdir = cfg, task, Path(float_path), workdir
+        self.calibration, self.cpu = calibration, cpu
+        self.pre_path = recipes.preprocess_model(float_path, workdir / f"{task}.pre.onnx")
+        model = onnx.load(str(self.pre_path), load_external_data=False)
+        self.known = exclusions.known_exclusions(cfg, task, model)
+        self.groups = exclusions.layer_groups(model, {e.node for e in self.known})
+        input_name = model.graph.input[0].name
+        self.reader = calibrate.CalibrationReader(
+            calibration.paths,
+            input_name,
+            loader or calibrate.default_loader(cfg, task),
+            cfg.quantize.calibration_batch_size,
+        )
+        self.probe = self.reader.first_images(cfg.quantize.search.sensitivity_images)
+        self._built = 0
+
+    # -- one candidate -------------------------------------------------------------------------
+    def build(self, recipe: Recipe, groups: list[str]) -> tuple[Path, list[Exclusion]]:
+        """Quantize with ``recipe``, the known exclusions and ``groups`` kept float."""
+        from pillsnap.models.common import write_onnx_metadata
+        from pillsnap.quantize import recipes
+        from pillsnap.quantize.metadata import int8_metadata
+
+        searched = [
+            Exclusion(n, "search", REASONS["search"], g) for g in groups for n in self.groups[g]
+        ]
+        excluded = [*self.known, *searched]
+        self._built += 1
+        out = self.workdir / f"{self.task}-{self._built:03d}-{recipe.name}.int8.onnx"
+        cache = self.workdir / f"{self.task}-calibration-{recipes.calibration_key(recipe)}.json"
+        recipes.quantize_model(
+            self.pre_path, out, recipe, self.cpu, self.reader, cache, [e.node for e in excluded]
+        )
+        write_onnx_metadata(
+            out,
+            int8_metadata(
+                self.float_path,
+                recipes.applied(recipe, self.cpu),
+                excluded,
+                self.calibration,
+                self.cpu,
+            ),
+        )
+        return out, excluded
+
+    def gate(self, path: Path) -> gates.GateResult:
+        return gates.evaluate(
+            self.cfg, {self.task: path}, {self.task: self.float_path}, self.calibration.reserved
+        )
+
+    def speed(self, path: Path) -> dict[str, Any]:
+        batch = gates.speed_batch(self.probe, self.cfg.quantize.speed_batch)
+        return gates.speedup(self.cfg, self.task, self.float_path, path, batch)
+
+    def _metrics(self, result: gates.GateResult) -> dict[str, float]:
+        m = result.metrics.get(self.task, {})
+        return {k: m[k] for k in KEY_METRICS[self.task] if k in m}
+
+    def _accuracy_key(self, result: gates.GateResult) -> float:
+        """Among passing recipes, the closest to float32 wins."""
+        m = result.metrics.get(self.task, {})
+        if self.task == "classification":
+            return 1.0 - m.get("top1_match_rate", 0.0) + m.get("mse_mean", 0.0)
+        return abs(m.get("delta_map50_95", 1.0)) + abs(m.get("delta_map50", 1.0))
+
+    # -- the whole path ------------------------------------------------------------------------
+    def run(self) -> ModelOutcome:
+        from pillsnap.quantize import recipes as rec
+
+        started = time.perf_counter()
+        q = self.cfg.quantize
+        steps: list[Step] = []
+        tried: list[dict[str, Any]] = []
+        best: tuple[Any, ...] | None = None
+        for recipe in q.recipes:
+            t0 = time.perf_counter()
+            path, excluded = self.build(recipe, [])
+            result = self.gate(path)
+            speed = self.speed(path)
+            fast = speed["speedup"] >= q.min_speedup
+            entry = {
+                "recipe": recipe.name,
+                "applied": rec.applied(recipe, self.cpu),
+                "passed": result.passed,
+                "fast_enough": fast,
+                "excess": round(result.excess(), 4),
+                "failed_checks": _short(result.failed_checks),
+                "metrics": self._metrics(result),
+                "speedup": speed["speedup"],
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            tried.append(entry)
+            steps.append(
+                Step(
+                    len(steps),
+                    "recipe",
+                    recipe.name,
+                    None,
+                    [],
+                    len(excluded),
+                    result.passed,
+                    entry["excess"],
+                    entry["failed_checks"],
+                    entry["metrics"],
+                    speed["speedup"],
+                    seconds=entry["seconds"],
+                )
+            )
+            log.info(
+                "%s recipe %s: gate %s, %.2fx",
+                self.task,
+                recipe.name,
+                result.summary(),
+                speed["speedup"],
+            )
+            key = (not (result.passed and fast), result.excess(), self._accuracy_key(result))
+            if best is None or key < best[0]:
+                best = (key, recipe, path, excluded, result, speed)
+        assert best is not None  # at least one recipe (validated by the config)
+        _, recipe, path, excluded, result, speed = best
+        groups: list[str] = []
+        causes: list[dict[str, Any]] = []
+        reason = None
+        sensitivity = self._sensitivity(path)
+        if not result.passed:
+            cause = self._calibration_cause(result)
+            if cause is not None:
+                causes.append(cause)
+                reason = f"calibration: {cause['evidence']}"
+            elif q.search.enabled:
+                path, excluded, result, speed, sensitivity, reason = self._search(
+                    recipe, path, excluded, result, speed, sensitivity, groups, steps
+                )
+            else:
+                reason = "quantize.search.enabled is false"
+        passed = result.passed and speed["speedup"] >= q.min_speedup
+        if not passed:
+            reason = self._failure(recipe, result, speed, groups, sensitivity, reason)
+            log.warning("%s INT8 failed: %s", self.task, reason)
+        return ModelOutcome(
+            self.task,
+            self.float_path,
+            path,
+            rec.applied(recipe, self.cpu),
+            tried,
+            excluded,
+            steps,
+            result,
+            speed,
+            self.calibration,
+            self.reader.stats(),
+            sensitivity,
+            passed,
+            reason,
+            causes,
+            round(time.perf_counter() - started, 1),
+        )
+
+    def _sensitivity(self, path: Path) -> Sensitivity:
+        from pillsnap.quantize.sensitivity import measure
+
+        return measure(self.pre_path, path, self.probe, self.groups)
+
+    def _calibration_cause(self, result: gates.GateResult) -> dict[str, Any] | None:
+        """Calibration inputs against the gate's own inputs (the shared pre-processing)."""
+        from pillsnap.quantize import calibrate
+        from pillsnap.quantize.diagnose import calibration_evidence
+
+        sample = result.result.samples.get(self.task)
+        if sample is None or not sample.items:
+            return None
+        load = calibrate.default_loader(self.cfg, self.task)
+        reader = calibrate.CalibrationReader(
+            [it.path for it in sample.items[: len(self.probe) * 2]], "x", load, len(self.probe) * 2
+        )
+        reader.get_next()
+        return calibration_evidence(self.task, self.reader.stats(), reader.stats())
+
+    def _search(
+        self,
+        recipe: Recipe,
+        path: Path,
+        excluded: list[Exclusion],
+        result: gates.GateResult,
+        speed: dict[str, Any],
+        sensitivity: Sensitivity,
+        groups: list[str],
+        steps: list[Step],
+    ) -> tuple[Path, list[Exclusion], gates.GateResult, dict[str, Any], Sensitivity, str | None]:
+        q, s = self.cfg.quantize, self.cfg.quantize.search
+        skip: set[str] = set()
+        reason = None
+        for _ in range(s.max_steps):
+            if result.passed:
+                break
+            if len(groups) >= q.max_excluded:
+                reason = f"quantize.max_excluded={q.max_excluded} groups reverted"
+                break
+            if speed["speedup"] < q.min_speedup:
+                reason = f"INT8 only {speed['speedup']:.2f}x float32 (quantize.min_speedup={q.min_speedup})"
+                break
+            candidates = sensitivity.ranked(set(groups) | skip)[: s.candidates]
+            if not candidates:
+                reason = "no layer group left to revert"
+                break
+            t0 = time.perf_counter()
+            trials = []
+            for group in candidates:
+                c_path, c_excl = self.build(recipe, [*groups, group])
+                c_result = self.gate(c_path)
+                trials.append((c_result.excess(), group, c_path, c_excl, c_result))
+                log.info("%s: %s float -> %s", self.task, group, c_result.summary())
+            trials.sort(key=lambda t: t[0])
+            score, group, c_path, c_excl, c_result = trials[0]
+            tried = [
+                {"group": g, "excess": round(e, 4), "passed": r.passed} for e, g, _, _, r in trials
+            ]
+            if score < result.excess():
+                groups.append(group)
+                path, excluded, result = c_path, c_excl, c_result
+                speed = self.speed(path)
+                sensitivity = self._sensitivity(path)
+                action = "revert"
+            else:
+                skip |= set(candidates)
+                action, group = "no_help", None
+            steps.append(
+                Step(
+                    len(steps),
+                    action,
+                    recipe.name,
+                    group,
+                    list(groups),
+                    len(excluded),
+                    result.passed,
+                    round(result.excess(), 4),
+                    _short(result.failed_checks),
+                    self._metrics(result),
+                    speed["speedup"],
+                    tried,
+                    round(time.perf_counter() - t0, 1),
+                )
+            )
+        else:
+            if not result.passed:
+                reason = f"quantize.search.max_steps={s.max_steps} steps used"
+        return path, excluded, result, speed, sensitivity, reason
+
+    def _failure(
+        self,
+        recipe: Recipe,
+        result: gates.GateResult,
+        speed: dict[str, Any],
+        groups: list[str],
+        sensitivity: Sensitivity | None,
+        stopped: str | None,
+    ) -> str:
+        q = self.cfg.quantize
+        parts = [f"no configuration passed: best recipe {recipe.name}"]
+        if groups:
+            parts.append(f"with {len(groups)} group(s) float ({', '.join(groups)})")
+        parts.append(f"gate {result.summary()}")
+        parts.append(f"speed {speed['speedup']:.2f}x float32 (min_speedup {q.min_speedup})")
+        if sensitivity is not None and not result.passed:
+            nxt = sensitivity.ranked(set(groups))[:3]
+            if nxt:
+                parts.append("layers that would have to stay float next: " + ", ".join(nxt))
+        if stopped:
+            parts.append(f"stopped: {stopped}")
+        return "; ".join(parts)
