@@ -140,7 +140,8 @@ class GatesConfig(Section):
     """mAP@0.5:0.95 may drop by at most this (INT8 minus float32 >= -0.02)."""
     int8_recall_drop: float = 0.02
     """Recall against the labels at the deployed confidence: float32 minus INT8."""
-    int8_iou_diff_p95: float = 0.05
+    int8_iou_diff_p95: float = 0.1
+    """p95 of 1 - IoU of matched boxes (fixture INT8: 0.04-0.05, a pixel on a 40 px pill)."""
     int8_score_diff_p95: float = 0.05
     int8_unmatched_rate: float = 0.05
     int8_top_score_log2_ratio: float = 1.0

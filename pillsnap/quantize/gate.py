@@ -58,6 +58,11 @@ class GateResult:
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
 
+    def view(self, *models: str) -> GateResult:
+        """Only the checks of ``models`` (``classification``, ``detection``, ``end_to_end``)."""
+        keep = [c for c in self.checks if c.name.split(".", 1)[0] in models]
+        return GateResult(keep, self.metrics, self.result)
+
     @property
     def failed_checks(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]

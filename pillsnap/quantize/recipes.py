@@ -66,6 +66,8 @@ def applied(recipe: Recipe, cpu: dict[str, Any]) -> dict[str, Any]:
     data["reduce_range_source"] = "recipe" if recipe.reduce_range is not None else "cpu flags"
     if recipe.calibration != "percentile":
         data.pop("percentile", None)
+    if recipe.calibration != "minmax":
+        data.pop("moving_average", None)
     return data
 
 
@@ -73,6 +75,8 @@ def calibration_key(recipe: Recipe) -> str:
     """Recipes with the same key share one calibration (ranges depend only on these)."""
     if recipe.calibration == "percentile":
         return f"percentile-{recipe.percentile:g}"
+    if recipe.calibration == "minmax" and recipe.moving_average:
+        return "minmax-average"
     return recipe.calibration
 
 
@@ -173,6 +177,11 @@ def calibrate(
         options["percentile"] = extra["CalibPercentile"]
     if "CalibTensorRangeSymmetric" in extra:
         options["symmetric"] = extra["CalibTensorRangeSymmetric"]
+    if recipe.calibration == "minmax" and recipe.moving_average:
+        options["moving_average"] = True
+    if recipe.calibration == "entropy":
+        # quantize_static cannot pass these: with its 128/128 bins Entropy *is* MinMax.
+        options.update(num_bins=512, num_quantized_bins=128)
     reader.rewind()
     with tempfile.TemporaryDirectory(prefix="pillsnap-calibrate-") as tmp, quiet_ort_quantization():
         calibrator = create_calibrator(

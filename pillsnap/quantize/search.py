@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from pillsnap.quantize.sensitivity import Sensitivity
 
 log = logging.getLogger(__name__)
+GATE_STATS_IMAGES = 64
+"""Gate images whose pre-processed statistics are compared with the calibration's."""
 KEY_METRICS = {
     "classification": (
         "top1_match_rate",
@@ -109,7 +111,14 @@ def _short(checks: list[Any]) -> list[str]:
 
 
 class ModelQuantizer:
-    """Quantize one float32 ONNX model until its int8 gates hold (see the module doc)."""
+    """Quantize one float32 ONNX model until its int8 gates hold (see the module doc).
+
+    State: the recipes tried, the current candidate (recipe, file, exclusions, gate,
+    speed) and the steps so far. ``partner`` fixes other models' INT8 files in every
+    gate run of this model, and ``scope`` names the checks that count for it: the
+    classifier is searched with the INT8 detector fixed when only the end-to-end
+    agreement fails.
+    """
 
     def __init__(
         self,
@@ -139,7 +148,22 @@ class ModelQuantizer:
             cfg.quantize.calibration_batch_size,
         )
         self.probe = self.reader.first_images(cfg.quantize.search.sensitivity_images)
+        self.partner: dict[str, tuple[Path, Path]] = {}
+        """Other models fixed in this model's gate runs: task -> (INT8 file, float32 file)."""
+        self.scope: tuple[str, ...] = (task,)
+        self.tried: list[dict[str, Any]] = []
+        self.candidates: dict[
+            str, tuple[Path, list[Exclusion], gates.GateResult, dict[str, Any]]
+        ] = {}
+        self.steps: list[Step] = []
+        self.groups_float: list[str] = []
+        self.causes: list[dict[str, Any]] = []
+        self.reason: str | None = None
+        self.current: tuple[Any, ...] | None = None
+        """(recipe, path, exclusions, gate, speed) of the candidate the model stands at."""
+        self.sensitivity: Sensitivity | None = None
         self._built = 0
+        self._started = time.perf_counter()
 
     # -- one candidate -------------------------------------------------------------------------
     def build(self, recipe: Recipe, groups: list[str]) -> tuple[Path, list[Exclusion]]:
@@ -171,9 +195,10 @@ class ModelQuantizer:
         return out, excluded
 
     def gate(self, path: Path) -> gates.GateResult:
-        return gates.evaluate(
-            self.cfg, {self.task: path}, {self.task: self.float_path}, self.calibration.reserved
-        )
+        """This model's int8 gates (with the partner models fixed), on the real kernels."""
+        int8 = {self.task: path, **{t: p[0] for t, p in self.partner.items()}}
+        ref = {self.task: self.float_path, **{t: p[1] for t, p in self.partner.items()}}
+        return gates.evaluate(self.cfg, int8, ref, self.calibration.reserved).view(*self.scope)
 
     def speed(self, path: Path) -> dict[str, Any]:
         batch = gates.speed_batch(self.probe, self.cfg.quantize.speed_batch)
@@ -181,7 +206,10 @@ class ModelQuantizer:
 
     def _metrics(self, result: gates.GateResult) -> dict[str, float]:
         m = result.metrics.get(self.task, {})
-        return {k: m[k] for k in KEY_METRICS[self.task] if k in m}
+        out = {k: m[k] for k in KEY_METRICS[self.task] if k in m}
+        if "end_to_end" in result.metrics:
+            out["e2e_pill_agreement"] = result.metrics["end_to_end"]["pill_agreement"]
+        return out
 
     def _accuracy_key(self, result: gates.GateResult) -> float:
         """Among passing recipes, the closest to float32 wins."""
@@ -190,98 +218,196 @@ class ModelQuantizer:
             return 1.0 - m.get("top1_match_rate", 0.0) + m.get("mse_mean", 0.0)
         return abs(m.get("delta_map50_95", 1.0)) + abs(m.get("delta_map50", 1.0))
 
-    # -- the whole path ------------------------------------------------------------------------
-    def run(self) -> ModelOutcome:
+    # -- recipes -------------------------------------------------------------------------------
+    def try_recipe(
+        self,
+        recipe: Recipe,
+        built: tuple[Path, list[Exclusion]] | None = None,
+        result: gates.GateResult | None = None,
+    ) -> dict[str, Any]:
+        """Build (unless ``built``), gate (unless ``result``: a joint gate run), time; record it."""
         from pillsnap.quantize import recipes as rec
 
-        started = time.perf_counter()
-        q = self.cfg.quantize
-        steps: list[Step] = []
-        tried: list[dict[str, Any]] = []
-        best: tuple[Any, ...] | None = None
-        for recipe in q.recipes:
-            t0 = time.perf_counter()
-            path, excluded = self.build(recipe, [])
-            result = self.gate(path)
-            speed = self.speed(path)
-            fast = speed["speedup"] >= q.min_speedup
-            entry = {
-                "recipe": recipe.name,
-                "applied": rec.applied(recipe, self.cpu),
-                "passed": result.passed,
-                "fast_enough": fast,
-                "excess": round(result.excess(), 4),
-                "failed_checks": _short(result.failed_checks),
-                "metrics": self._metrics(result),
-                "speedup": speed["speedup"],
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
-            tried.append(entry)
-            steps.append(
-                Step(
-                    len(steps),
-                    "recipe",
-                    recipe.name,
-                    None,
-                    [],
-                    len(excluded),
-                    result.passed,
-                    entry["excess"],
-                    entry["failed_checks"],
-                    entry["metrics"],
-                    speed["speedup"],
-                    seconds=entry["seconds"],
-                )
-            )
-            log.info(
-                "%s recipe %s: gate %s, %.2fx",
-                self.task,
-                recipe.name,
-                result.summary(),
+        t0 = time.perf_counter()
+        path, excluded = built or self.build(recipe, [])
+        result = result if result is not None else self.gate(path)
+        speed = self.speed(path)
+        entry = {
+            "recipe": recipe.name,
+            "applied": rec.applied(recipe, self.cpu),
+            "passed": result.passed,
+            "fast_enough": speed["speedup"] >= self.cfg.quantize.min_speedup,
+            "excess": round(result.excess(), 4),
+            "failed_checks": _short(result.failed_checks),
+            "metrics": self._metrics(result),
+            "speedup": speed["speedup"],
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        self.tried.append(entry)
+        self.candidates[recipe.name] = (path, excluded, result, speed)
+        self._step("recipe", recipe.name, None, excluded, result, speed, seconds=entry["seconds"])
+        log.info(
+            "%s recipe %s: gate %s, %.2fx",
+            self.task,
+            recipe.name,
+            result.summary(),
+            speed["speedup"],
+        )
+        return entry
+
+    def rank(self, recipe_name: str) -> tuple[bool, float, float]:
+        """Sort key of a tried recipe: passing and fast first, then closest to passing / float32."""
+        _, _, result, speed = self.candidates[recipe_name]
+        fast = speed["speedup"] >= self.cfg.quantize.min_speedup
+        return (not (result.passed and fast), result.excess(), self._accuracy_key(result))
+
+    def choose(self, recipe_name: str | None = None) -> None:
+        """Stand at ``recipe_name`` (default: the best recipe tried)."""
+        name = recipe_name or min(self.candidates, key=self.rank)
+        recipe = next(r for r in self.cfg.quantize.recipes if r.name == name)
+        self.current = (recipe, *self.candidates[name])
+
+    # -- the loop ------------------------------------------------------------------------------
+    def improve(self) -> bool:
+        """Run the exclusion loop from the current candidate until its gates hold (or a stop)."""
+        result = self.current[3]
+        if result.passed:
+            return True
+        cause = self._calibration_cause(result)
+        if cause is not None:
+            self.causes.append(cause)
+            self.reason = f"calibration: {cause['evidence']}"
+            return False
+        if not self.cfg.quantize.search.enabled:
+            self.reason = "quantize.search.enabled is false"
+            return False
+        self._search()
+        return self.current[3].passed
+
+    def _step(self, action, recipe, group, excluded, result, speed, tried=(), seconds=0.0) -> None:
+        self.steps.append(
+            Step(
+                len(self.steps),
+                action,
+                recipe,
+                group,
+                list(self.groups_float),
+                len(excluded),
+                result.passed,
+                round(result.excess(), 4),
+                _short(result.failed_checks),
+                self._metrics(result),
                 speed["speedup"],
+                list(tried),
+                seconds,
             )
-            key = (not (result.passed and fast), result.excess(), self._accuracy_key(result))
-            if best is None or key < best[0]:
-                best = (key, recipe, path, excluded, result, speed)
-        assert best is not None  # at least one recipe (validated by the config)
-        _, recipe, path, excluded, result, speed = best
-        groups: list[str] = []
-        causes: list[dict[str, Any]] = []
-        reason = None
-        sensitivity = self._sensitivity(path)
-        if not result.passed:
-            cause = self._calibration_cause(result)
-            if cause is not None:
-                causes.append(cause)
-                reason = f"calibration: {cause['evidence']}"
-            elif q.search.enabled:
-                path, excluded, result, speed, sensitivity, reason = self._search(
-                    recipe, path, excluded, result, speed, sensitivity, groups, steps
+        )
+
+    def _search(self) -> None:
+        q, s = self.cfg.quantize, self.cfg.quantize.search
+        recipe, path, excluded, result, speed = self.current
+        sensitivity = self.sensitivity or self._sensitivity(path)
+        skip: set[str] = set()
+        self.reason = f"quantize.search.max_steps={s.max_steps} steps used"
+        for _ in range(s.max_steps):
+            if result.passed:
+                self.reason = None
+                break
+            if len(self.groups_float) >= q.max_excluded:
+                self.reason = f"quantize.max_excluded={q.max_excluded} groups reverted"
+                break
+            if speed["speedup"] < q.min_speedup:
+                self.reason = f"INT8 only {speed['speedup']:.2f}x float32 (quantize.min_speedup={q.min_speedup})"
+                break
+            candidates = sensitivity.ranked(set(self.groups_float) | skip)[: s.candidates]
+            if not candidates:
+                self.reason = "no layer group left to revert"
+                break
+            t0 = time.perf_counter()
+            trials = []
+            for group in candidates:
+                c_path, c_excl = self.build(recipe, [*self.groups_float, group])
+                c_result = self.gate(c_path)
+                trials.append((c_result.excess(), group, c_path, c_excl, c_result))
+                log.info("%s: %s kept float -> %s", self.task, group, c_result.summary())
+            trials.sort(key=lambda t: t[0])
+            score, group, c_path, c_excl, c_result = trials[0]
+            tried = [
+                {"group": g, "excess": round(e, 4), "passed": r.passed} for e, g, _, _, r in trials
+            ]
+            if score < result.excess():
+                self.groups_float.append(group)
+                path, excluded, result = c_path, c_excl, c_result
+                speed = self.speed(path)
+                sensitivity = self._sensitivity(path)
+                self._step(
+                    "revert",
+                    recipe.name,
+                    group,
+                    excluded,
+                    result,
+                    speed,
+                    tried,
+                    round(time.perf_counter() - t0, 1),
                 )
             else:
-                reason = "quantize.search.enabled is false"
-        passed = result.passed and speed["speedup"] >= q.min_speedup
+                skip |= set(candidates)
+                self._step(
+                    "no_help",
+                    recipe.name,
+                    None,
+                    excluded,
+                    result,
+                    speed,
+                    tried,
+                    round(time.perf_counter() - t0, 1),
+                )
+        else:
+            if result.passed:
+                self.reason = None
+        self.current = (recipe, path, excluded, result, speed)
+        self.sensitivity = sensitivity
+
+    def outcome(self) -> ModelOutcome:
+        """Where the model stands, as the record keeps it."""
+        from pillsnap.quantize import recipes as rec
+
+        recipe, path, excluded, result, speed = self.current
+        if self.sensitivity is None:
+            self.sensitivity = self._sensitivity(path)
+        passed = result.passed and speed["speedup"] >= self.cfg.quantize.min_speedup
+        reason = None
         if not passed:
-            reason = self._failure(recipe, result, speed, groups, sensitivity, reason)
+            reason = self._failure(
+                recipe, result, speed, self.groups_float, self.sensitivity, self.reason
+            )
             log.warning("%s INT8 failed: %s", self.task, reason)
         return ModelOutcome(
             self.task,
             self.float_path,
             path,
             rec.applied(recipe, self.cpu),
-            tried,
+            list(self.tried),
             excluded,
-            steps,
+            list(self.steps),
             result,
             speed,
             self.calibration,
             self.reader.stats(),
-            sensitivity,
+            self.sensitivity,
             passed,
             reason,
-            causes,
-            round(time.perf_counter() - started, 1),
+            list(self.causes),
+            round(time.perf_counter() - self._started, 1),
         )
+
+    def run(self) -> ModelOutcome:
+        """The whole path of one model alone: every recipe, the best, the loop."""
+        for recipe in self.cfg.quantize.recipes:
+            self.try_recipe(recipe)
+        self.choose()
+        self.improve()
+        return self.outcome()
 
     def _sensitivity(self, path: Path) -> Sensitivity:
         from pillsnap.quantize.sensitivity import measure
@@ -297,81 +423,10 @@ class ModelQuantizer:
         if sample is None or not sample.items:
             return None
         load = calibrate.default_loader(self.cfg, self.task)
-        reader = calibrate.CalibrationReader(
-            [it.path for it in sample.items[: len(self.probe) * 2]], "x", load, len(self.probe) * 2
-        )
-        reader.get_next()
+        items = sample.items[:: max(1, len(sample.items) // GATE_STATS_IMAGES)][:GATE_STATS_IMAGES]
+        reader = calibrate.CalibrationReader([it.path for it in items], "x", load, len(items))
+        reader.get_next()  # a stride over the sample: every class / pill count, not the first few
         return calibration_evidence(self.task, self.reader.stats(), reader.stats())
-
-    def _search(
-        self,
-        recipe: Recipe,
-        path: Path,
-        excluded: list[Exclusion],
-        result: gates.GateResult,
-        speed: dict[str, Any],
-        sensitivity: Sensitivity,
-        groups: list[str],
-        steps: list[Step],
-    ) -> tuple[Path, list[Exclusion], gates.GateResult, dict[str, Any], Sensitivity, str | None]:
-        q, s = self.cfg.quantize, self.cfg.quantize.search
-        skip: set[str] = set()
-        reason = None
-        for _ in range(s.max_steps):
-            if result.passed:
-                break
-            if len(groups) >= q.max_excluded:
-                reason = f"quantize.max_excluded={q.max_excluded} groups reverted"
-                break
-            if speed["speedup"] < q.min_speedup:
-                reason = f"INT8 only {speed['speedup']:.2f}x float32 (quantize.min_speedup={q.min_speedup})"
-                break
-            candidates = sensitivity.ranked(set(groups) | skip)[: s.candidates]
-            if not candidates:
-                reason = "no layer group left to revert"
-                break
-            t0 = time.perf_counter()
-            trials = []
-            for group in candidates:
-                c_path, c_excl = self.build(recipe, [*groups, group])
-                c_result = self.gate(c_path)
-                trials.append((c_result.excess(), group, c_path, c_excl, c_result))
-                log.info("%s: %s float -> %s", self.task, group, c_result.summary())
-            trials.sort(key=lambda t: t[0])
-            score, group, c_path, c_excl, c_result = trials[0]
-            tried = [
-                {"group": g, "excess": round(e, 4), "passed": r.passed} for e, g, _, _, r in trials
-            ]
-            if score < result.excess():
-                groups.append(group)
-                path, excluded, result = c_path, c_excl, c_result
-                speed = self.speed(path)
-                sensitivity = self._sensitivity(path)
-                action = "revert"
-            else:
-                skip |= set(candidates)
-                action, group = "no_help", None
-            steps.append(
-                Step(
-                    len(steps),
-                    action,
-                    recipe.name,
-                    group,
-                    list(groups),
-                    len(excluded),
-                    result.passed,
-                    round(result.excess(), 4),
-                    _short(result.failed_checks),
-                    self._metrics(result),
-                    speed["speedup"],
-                    tried,
-                    round(time.perf_counter() - t0, 1),
-                )
-            )
-        else:
-            if not result.passed:
-                reason = f"quantize.search.max_steps={s.max_steps} steps used"
-        return path, excluded, result, speed, sensitivity, reason
 
     def _failure(
         self,

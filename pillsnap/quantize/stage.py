@@ -120,17 +120,24 @@ def quantize_release(
     log.info(
         "quantizing %s on %s (INT8 class %s)", ", ".join(tasks), cpu["model"], cpu["int8_class"]
     )
-    outcomes: dict[str, ModelOutcome] = {}
     with tempfile.TemporaryDirectory(prefix="pillsnap-quantize-") as tmp:
+        quantizers = {}
         for task in tasks:
             work = Path(tmp) / task
             work.mkdir()
-            calibration = calibration_set(cfg, task)
-            quantizer = ModelQuantizer(
-                cfg, task, floats[task], work, calibration, cpu, (loaders or {}).get(task)
+            quantizers[task] = ModelQuantizer(
+                cfg,
+                task,
+                floats[task],
+                work,
+                calibration_set(cfg, task),
+                cpu,
+                (loaders or {}).get(task),
             )
-            outcomes[task] = quantizer.run()
-        final, shipped, reason = _ship(cfg, folder, tag, floats, outcomes)
+        run = _Run(cfg, folder, tag, floats, quantizers, Path(tmp))
+        final = run.search()
+        outcomes = {t: q.outcome() for t, q in quantizers.items()}
+        shipped, reason = run.ship(final, outcomes)
     failed = reason is not None
     result = QuantizationResult(
         folder, tag, outcomes, final, shipped, failed, reason, cfg.quantize.required
@@ -149,33 +156,126 @@ def _tag_of(floats: dict[str, Path]) -> str:
     return next((t for p in floats.values() if (t := read_onnx_metadata(p).get(META_TAG))), "")
 
 
-def _ship(
-    cfg: Config,
-    folder: Path,
-    tag: str,
-    floats: dict[str, Path],
-    outcomes: dict[str, ModelOutcome],
-) -> tuple[GateResult | None, dict[str, Path], str | None]:
-    """Copy passing models into the release, run the final gate (both models), undo on failure."""
-    from pillsnap.equivalence.store import save_details
-    from pillsnap.quantize.gate import evaluate
+class _Run:
+    """The release-level search: recipes gated jointly, per-model loops, the end-to-end loop.
 
-    failed = {t: o for t, o in outcomes.items() if not o.passed}
-    if failed:
-        return None, {}, "; ".join(f"{t}: {o.reason}" for t, o in failed.items())
-    shipped: dict[str, Path] = {}
-    for task, outcome in outcomes.items():
-        assert outcome.int8_path is not None  # a passed outcome has its model
-        shipped[task] = folder / int8_name(task, tag)
-        shutil.copyfile(outcome.int8_path, shipped[task])
-    reserved = frozenset().union(*(o.calibration.reserved for o in outcomes.values()))
-    final = evaluate(cfg, shipped, floats, reserved, out_dir=folder / FOLDER)
-    save_details(final.result, folder / FOLDER)
-    if final.passed:
-        return final, shipped, None
-    for path in shipped.values():
-        path.unlink()
-    return final, {}, "final int8 gate with both models: " + final.summary()
+    Every gate run sees the INT8 files at their release names (``<task>-<tag>.int8.onnx``),
+    so the final gate's report names the very files that ship; its folder becomes the
+    release's ``quantization/``. Recipe ``i`` of every model is gated in one run (both
+    models, the end-to-end agreement included); a recipe pair that passes everything
+    and is fast enough is taken as it is. Otherwise each model stands at its best recipe
+    and runs its own exclusion loop, then the pair is gated again; when only the
+    end-to-end agreement fails, the classifier (then the detector) runs the loop with
+    the other INT8 model fixed and the end-to-end check counted.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        folder: Path,
+        tag: str,
+        floats: dict[str, Path],
+        quantizers: dict[str, Any],
+        tmp: Path,
+    ):
+        self.cfg, self.folder, self.tag, self.floats = cfg, folder, tag, floats
+        self.quantizers, self.tmp = quantizers, tmp
+        self.reserved = frozenset().union(*(q.calibration.reserved for q in quantizers.values()))
+        self.placed: dict[str, Path] = {}
+        self.final_dir: Path | None = None
+
+    def place(self, files: dict[str, Path]) -> dict[str, Path]:
+        """Copy candidates to their release names (what the gate then reads)."""
+        out = {}
+        for task, path in files.items():
+            out[task] = self.folder / int8_name(task, self.tag)
+            if self.placed.get(task) != path:
+                shutil.copyfile(path, out[task])
+                self.placed[task] = path
+        return out
+
+    def gate(self, files: dict[str, Path], name: str) -> GateResult:
+        from pillsnap.quantize.gate import evaluate
+
+        out = self.tmp / "gates" / name
+        result = evaluate(self.cfg, self.place(files), self.floats, self.reserved, out_dir=out)
+        self.final_dir = out
+        return result
+
+    def current_files(self) -> dict[str, Path]:
+        return {t: q.current[1] for t, q in self.quantizers.items()}
+
+    def fast(self, name: str) -> bool:
+        q = self.cfg.quantize
+        return all(
+            qz.candidates[name][3]["speedup"] >= q.min_speedup for qz in self.quantizers.values()
+        )
+
+    def search(self) -> GateResult | None:
+        joint: dict[str, GateResult] = {}
+        for recipe in self.cfg.quantize.recipes:
+            built = {t: q.build(recipe, []) for t, q in self.quantizers.items()}
+            result = self.gate({t: b[0] for t, b in built.items()}, recipe.name)
+            for task, q in self.quantizers.items():
+                q.try_recipe(recipe, built[task], result.view(task))
+            joint[recipe.name] = result
+        passing = [n for n, r in joint.items() if r.passed and self.fast(n)]
+        if passing:
+            name = min(
+                passing,
+                key=lambda n: sum(
+                    q._accuracy_key(q.candidates[n][2]) for q in self.quantizers.values()
+                ),
+            )
+            for q in self.quantizers.values():
+                q.choose(name)
+            self.place(self.current_files())
+            self.final_dir = self.tmp / "gates" / name
+            return joint[name]
+        for q in self.quantizers.values():
+            q.choose()
+            q.improve()
+        if not all(q.current[3].passed for q in self.quantizers.values()):
+            return None
+        final = self.gate(self.current_files(), "final")
+        for task in ("classification", "detection"):
+            others = {t: c for t, c in self.current_files().items() if t != task}
+            if final.passed or task not in self.quantizers or not others:
+                continue
+            if any(not c.passed for c in final.checks if not c.name.startswith("end_to_end")):
+                break  # a model's own gate failed in the joint run: not an end-to-end problem
+            log.info("end-to-end agreement fails: the %s loop runs with it counted", task)
+            q = self.quantizers[task]
+            q.partner = {t: (p, self.floats[t]) for t, p in others.items()}
+            q.scope = (task, "end_to_end")
+            recipe, path, excluded, _, speed = q.current
+            q.current = (recipe, path, excluded, final.view(task, "end_to_end"), speed)
+            if q.improve():
+                final = self.gate(self.current_files(), f"final-{task}")
+        return final
+
+    def ship(
+        self, final: GateResult | None, outcomes: dict[str, ModelOutcome]
+    ) -> tuple[dict[str, Path], str | None]:
+        """Keep the INT8 files and the final gate's record, or remove the files again."""
+        from pillsnap.equivalence.store import save_details
+
+        failed = {t: o for t, o in outcomes.items() if not o.passed}
+        reason = "; ".join(f"{t}: {o.reason}" for t, o in failed.items()) or None
+        if reason is None and (final is None or not final.passed):
+            reason = "final int8 gate with every model: " + (
+                final.summary() if final else "not run"
+            )
+        if final is not None and self.final_dir is not None:
+            target = self.folder / FOLDER
+            shutil.copytree(self.final_dir, target, dirs_exist_ok=True)
+            save_details(final.result, target)
+        shipped = {t: self.folder / int8_name(t, self.tag) for t in self.placed}
+        if reason is not None:
+            for path in shipped.values():
+                path.unlink(missing_ok=True)
+            return {}, reason
+        return shipped, None
 
 
 def read_record(release_dir: str | Path) -> dict[str, Any] | None:
