@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pillsnap.quantize import gate as gates
 from pillsnap.quantize.exclusions import REASONS, Exclusion
+from pillsnap.quantize.steps import KEY_METRICS, ModelOutcome, Step, short
 
 if TYPE_CHECKING:
     from pillsnap.config import Config
@@ -38,76 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 GATE_STATS_IMAGES = 64
 """Gate images whose pre-processed statistics are compared with the calibration's."""
-KEY_METRICS = {
-    "classification": (
-        "top1_match_rate",
-        "accuracy_drop",
-        "mse_mean",
-        "kl_mean",
-        "class_recall_drop_max",
-    ),
-    "detection": (
-        "delta_map50",
-        "delta_map50_95",
-        "recall_drop",
-        "score_diff_p95",
-        "top_score_log2_ratio",
-    ),
-}
-
-
-@dataclass
-class Step:
-    """One step of a model's path: a recipe tried, a group reverted, or candidates that did not help."""
-
-    index: int
-    action: str
-    """``recipe`` | ``revert`` | ``no_help``."""
-    recipe: str
-    group: str | None
-    float_groups: list[str]
-    excluded_nodes: int
-    passed: bool
-    excess: float
-    failed_checks: list[str]
-    metrics: dict[str, float]
-    speedup: float | None
-    tried: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        from pillsnap.report.record import to_jsonable
-
-        return to_jsonable(asdict(self))
-
-
-@dataclass
-class ModelOutcome:
-    task: str
-    float_path: Path
-    int8_path: Path | None
-    """The INT8 candidate (in the work folder) of the last accepted step."""
-    recipe: dict[str, Any]
-    recipes: list[dict[str, Any]]
-    exclusions: list[Exclusion]
-    steps: list[Step]
-    gate: gates.GateResult | None
-    speed: dict[str, Any]
-    calibration: CalibrationSet
-    calibration_stats: dict[str, Any]
-    sensitivity: Sensitivity | None
-    passed: bool
-    reason: str | None
-    causes: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def search_groups(self) -> list[str]:
-        return sorted({e.group for e in self.exclusions if e.kind == "search"})
-
-
-def _short(checks: list[Any]) -> list[str]:
-    return [c.describe() for c in checks]
 
 
 class ModelQuantizer:
@@ -151,6 +81,8 @@ class ModelQuantizer:
         self.partner: dict[str, tuple[Path, Path]] = {}
         """Other models fixed in this model's gate runs: task -> (INT8 file, float32 file)."""
         self.scope: tuple[str, ...] = (task,)
+        self.exclude: frozenset[Path] = calibration.reserved
+        """Images every gate run leaves out (the stage adds the other models' calibration images)."""
         self.tried: list[dict[str, Any]] = []
         self.candidates: dict[
             str, tuple[Path, list[Exclusion], gates.GateResult, dict[str, Any]]
@@ -198,7 +130,7 @@ class ModelQuantizer:
         """This model's int8 gates (with the partner models fixed), on the real kernels."""
         int8 = {self.task: path, **{t: p[0] for t, p in self.partner.items()}}
         ref = {self.task: self.float_path, **{t: p[1] for t, p in self.partner.items()}}
-        return gates.evaluate(self.cfg, int8, ref, self.calibration.reserved).view(*self.scope)
+        return gates.evaluate(self.cfg, int8, ref, self.exclude).view(*self.scope)
 
     def speed(self, path: Path) -> dict[str, Any]:
         batch = gates.speed_batch(self.probe, self.cfg.quantize.speed_batch)
@@ -238,7 +170,7 @@ class ModelQuantizer:
             "passed": result.passed,
             "fast_enough": speed["speedup"] >= self.cfg.quantize.min_speedup,
             "excess": round(result.excess(), 4),
-            "failed_checks": _short(result.failed_checks),
+            "failed_checks": short(result.failed_checks),
             "metrics": self._metrics(result),
             "speedup": speed["speedup"],
             "seconds": round(time.perf_counter() - t0, 1),
@@ -295,7 +227,7 @@ class ModelQuantizer:
                 len(excluded),
                 result.passed,
                 round(result.excess(), 4),
-                _short(result.failed_checks),
+                short(result.failed_checks),
                 self._metrics(result),
                 speed["speedup"],
                 list(tried),
@@ -330,6 +262,8 @@ class ModelQuantizer:
                 c_result = self.gate(c_path)
                 trials.append((c_result.excess(), group, c_path, c_excl, c_result))
                 log.info("%s: %s kept float -> %s", self.task, group, c_result.summary())
+                if c_result.passed:
+                    break  # nothing left to gain from the other candidates of this step
             trials.sort(key=lambda t: t[0])
             score, group, c_path, c_excl, c_result = trials[0]
             tried = [

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 INPUT_SQNR_DB = 100.0
-"""SQNR assumed for the graph input and constants (nothing lost yet)."""
+"""SQNR assumed for constants and an unquantized graph input (nothing lost yet); also the cap."""
 
 
 @dataclass
@@ -106,12 +106,18 @@ def measure(
     pairs = qdq_pairs(int8_path)
     wrapped = [t for t in shared if t.name in pairs]
     reference = run_onnx_taps(float_path, batch, shared, providers)
+    feed = int8_graph.input[0].name
+    input_taps = [Tap(-1, pairs[feed], "", "DequantizeLinear")] if feed in pairs else []
     candidate = run_onnx_taps(
         int8_path,
         batch,
-        shared + [Tap(t.position, pairs[t.name], t.node, "DequantizeLinear") for t in wrapped],
+        shared
+        + [Tap(t.position, pairs[t.name], t.node, "DequantizeLinear") for t in wrapped]
+        + input_taps,
         providers,
     )
+    # The graph input is quantized too: its own rounding is what the first layer starts from.
+    inputs_db = {feed: channel_sqnr_db(batch, candidate[pairs[feed]])} if input_taps else {}
     # qdq_loss_debug's xmodel_err: the float tensor against the INT8 model's dequantized copy
     # (a removed Relu lives on only in its QuantizeLinear, so the raw tensor would mislead).
     post = {t.name: candidate[pairs.get(t.name, t.name)] for t in shared}
@@ -152,7 +158,7 @@ def measure(
         ],
     )
     graph = onnx.load(str(float_path), load_external_data=False).graph
-    table = _rank(graph, groups, layers)
+    table = _rank(graph, groups, layers, inputs_db)
     log.info(
         "per-layer SQNR on %d images: %d tensors compared, worst group %s (%.1f dB lost)",
         len(batch),
@@ -186,10 +192,12 @@ def channel_sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.minimum(db, INPUT_SQNR_DB).mean())
 
 
-def _rank(graph: Any, groups: dict[str, list[str]], layers: pd.DataFrame) -> pd.DataFrame:
+def _rank(
+    graph: Any, groups: dict[str, list[str]], layers: pd.DataFrame, inputs_db: dict[str, float]
+) -> pd.DataFrame:
     import pandas as pd
 
-    sqnr = dict(zip(layers["tensor"], layers["channel_sqnr_db"]))
+    sqnr = {**inputs_db, **dict(zip(layers["tensor"], layers["channel_sqnr_db"]))}
     qdq = dict(zip(layers["tensor"], layers["qdq_sqnr_db"]))
     nodes = {n.name: n for n in graph.node}
     produced_by = {o: n.name for n in graph.node for o in n.output}

@@ -181,6 +181,8 @@ class _Run:
         self.cfg, self.folder, self.tag, self.floats = cfg, folder, tag, floats
         self.quantizers, self.tmp = quantizers, tmp
         self.reserved = frozenset().union(*(q.calibration.reserved for q in quantizers.values()))
+        for q in quantizers.values():
+            q.exclude = self.reserved  # a gate never sees any model's calibration images
         self.placed: dict[str, Path] = {}
         self.final_dir: Path | None = None
 

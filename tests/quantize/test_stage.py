@@ -44,8 +44,9 @@ def test_required_false_ships_without_int8_and_says_so(demo, tmp_path, capsys):
     (folder / "export_report.json").write_text(json.dumps(example_report()))
     extra = {
         "quantize.required": "false",
-        "quantize.min_speedup": 100,
+        "quantize.min_speedup": 100,  # never reached: INT8 fails and must not ship
         "quantize.search.enabled": "false",
+        "quantize.calibration_count": 8,
     }
     rc = main(
         [
@@ -69,7 +70,7 @@ def test_required_false_ships_without_int8_and_says_so(demo, tmp_path, capsys):
     assert record["shipped"] == {}
     model = record["models"]["classification"]
     assert model["recipes_tried"][0]["fast_enough"] is False and model["speedup"] < 100
-    assert model["calibration"]["fallback"] and len(model["calibration"]["files"]) == 24
+    assert model["calibration"]["fallback"] and len(model["calibration"]["files"]) == 8
     assert {e["kind"] for e in model["excluded"]} == {"shape_arithmetic"}
     assert model["cpu"]["int8_class"] and "avx2" in model["cpu"]["flags"]
     report = json.loads((folder / "export_report.json").read_text())
@@ -85,3 +86,20 @@ def test_required_false_ships_without_int8_and_says_so(demo, tmp_path, capsys):
     record["required"] = True
     (folder / "quantization.json").write_text(json.dumps(record))
     assert "records a failed INT8 stage" in int8_files_consistent(folder, tag)
+
+
+def test_the_notebook_cell_raises_only_when_int8_was_required():
+    from types import SimpleNamespace
+
+    from pillsnap.exceptions import EquivalenceError
+    from pillsnap.quantize.views import raise_if_failed
+
+    cause = {"title": "calibration data (INT8 activation ranges)", "advice": "calibrate on RGB"}
+    outcome = SimpleNamespace(causes=[cause])
+    failed = SimpleNamespace(
+        failed=True, required=True, reason="gate failed", outcomes={"c": outcome}
+    )
+    with pytest.raises(EquivalenceError, match="gate failed.*calibration data"):
+        raise_if_failed(failed)
+    raise_if_failed(SimpleNamespace(failed=True, required=False, reason="x", outcomes={}))
+    raise_if_failed(SimpleNamespace(failed=False, required=True, reason=None, outcomes={}))
