@@ -55,6 +55,7 @@ def fixture(rounds: int, out: dict) -> None:
     from pillsnap.quantize import quantize_release
     from pillsnap.quantize.calibrate import CalibrationReader, default_loader
     from pillsnap.quantize.gate import speed_batch
+    from pillsnap.quantize.recipes import quiet_ort_quantization
 
     cfg = load_config(DEMO)
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
@@ -87,7 +88,8 @@ def fixture(rounds: int, out: dict) -> None:
             out["fixture"][task] = {"recipe": outcome.recipe, **s}
             if task == "classification":
                 dyn = folder / "classification.dynamic.onnx"
-                quantize_dynamic(str(outcome.float_path), str(dyn), weight_type=QuantType.QInt8)
+                with quiet_ort_quantization():
+                    quantize_dynamic(str(outcome.float_path), str(dyn), weight_type=QuantType.QInt8)
                 s = speed(cfg, task, fp32, dyn, batch, rounds)
                 print(row("classification dynamic INT8 (quantize_dynamic)", batch_size, s))
                 out["fixture"]["classification_dynamic"] = s
@@ -107,6 +109,7 @@ def production(rounds: int, out: dict) -> None:
     from pillsnap.models.export import export_models
     from pillsnap.quantize import exclusions, recipes
     from pillsnap.quantize.calibrate import CalibrationReader
+    from pillsnap.quantize.recipes import quiet_ort_quantization
 
     with tempfile.TemporaryDirectory(prefix="bench-quantize-prod-") as tmp:
         root = Path(tmp)
@@ -175,7 +178,8 @@ def production(rounds: int, out: dict) -> None:
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
                 dyn = root / "classification.dynamic.onnx"
-                quantize_dynamic(str(pre), str(dyn), weight_type=QuantType.QInt8)
+                with quiet_ort_quantization():
+                    quantize_dynamic(str(pre), str(dyn), weight_type=QuantType.QInt8)
                 s = speed(cfg, task, fp32, dyn, data[:4], max(3, rounds // 3))
                 print(row("classification dynamic INT8 (quantize_dynamic)", 4, s))
                 out["production"]["classification_dynamic"] = s
@@ -183,9 +187,7 @@ def production(rounds: int, out: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "parts", nargs="*", default=["fixture", "production"], choices=["fixture", "production"]
-    )
+    parser.add_argument("parts", nargs="*", help="fixture and/or production (default: both)")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per figure")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -202,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         f"onnxruntime {versions.get('onnxruntime')}, onnx {versions.get('onnx')}, torch {versions.get('torch')}"
     )
     out: dict = {"cpu": cpu, "versions": versions}
-    for part in args.parts:
+    parts = args.parts or ["fixture", "production"]
+    unknown = [p for p in parts if p not in ("fixture", "production")]
+    if unknown:
+        parser.error(f"unknown part(s) {unknown}; expected fixture and/or production")
+    for part in parts:
         {"fixture": fixture, "production": production}[part](args.rounds, out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))

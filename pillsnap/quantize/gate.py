@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pillsnap.equivalence.run import EquivalenceResult
 
 log = logging.getLogger(__name__)
-ITERATIONS_PER_ROUND = 2
+ITERATIONS_PER_ROUND = 3
 
 
 def gate_config(cfg: Config) -> Config:
