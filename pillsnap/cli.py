@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "Torch <-> ONNX equivalence check, writes export_report.json",
     ),
     "release": ("pillsnap.release.cli", "run the papermill release; verify / diff releases"),
+    "quantize": ("pillsnap.quantize.cli", "static INT8 (QDQ) models, gated against float32"),
     "serve": ("pillsnap.serve.cli", "HTTP API over a verified release (FastAPI + uvicorn)"),
 }
 

@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--task", choices=TASKS, default="pipeline", help="default pipeline (detect -> classify)"
     )
     add_config_arguments(p, "postprocess.nms.conf_threshold=0.4")
-    p.add_argument("--quantize", choices=("int8",), help="INT8 model (not available yet)")
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="run INT8 models (ONNX Runtime CPU): the release's, or --model quantized and cached",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -66,13 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
-    if args.quantize:
-        print(
-            "pillsnap infer: --quantize int8 is not available yet: static INT8 quantization with calibration "
-            "data is a later release stage. Run without --quantize (float32).",
-            file=sys.stderr,
-        )
-        return 2
     try:
         return run(args)
     except UserInputError as exc:
@@ -109,6 +106,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"--batch must be positive, got {args.batch}")
     cfg = load_config(args.config, args.overrides)
     files = expand_inputs(args.inputs)
+    if args.quantize:
+        from pillsnap.quantize.infer import int8_models
+
+        if args.model:  # the float32 models and --out pass before any of them is quantized
+            preflight_infer(argparse.Namespace(**{**vars(args), "engine": "onnx"}), cfg, files)
+        args.model, warnings = int8_models(cfg, args.task, list(args.model), args.engine)
+        args.engine = "onnx"
+        for warning in warnings:
+            print(f"pillsnap infer: warning: {warning}", file=sys.stderr)
     preflight_infer(args, cfg, files)
     predict, describe = _make_task(args, cfg)
     processed, skipped, found = 0, [], 0

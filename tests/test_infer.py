@@ -131,7 +131,11 @@ def test_nothing_readable_exits_1(config_path, photos_dir, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--quantize", "int8"], "not available yet"),
+        (["--quantize", "int8"], "uses the newest release's INT8 models"),
+        (
+            ["--quantize", "int8", "--engine", "tensorrt", "--model", "a.onnx", "b.onnx"],
+            "--engine onnx",
+        ),
         (["--engine", "onnx"], "needs --model DETECTOR.onnx CLASSIFIER.onnx"),
         (["--engine", "onnx", "--task", "detect", "--model", "missing.onnx"], "missing.onnx"),
         (["--engine", "openvino"], "invalid choice: 'openvino'"),

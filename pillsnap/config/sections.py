@@ -122,6 +122,31 @@ class GatesConfig(Section):
     fp16_score_diff_p95: float = 1e-2
     unmatched_rate: float = 0.02
     """Deployed boxes without a counterpart (threshold-borderline ones excluded) / all boxes."""
+    # Added by the INT8 stage (issue 11): the ``int8`` profile (``compare.precision: int8``),
+    # INT8 against the float32 ONNX of the same release. Fixture measurements: docs in README.
+    int8_top1_mismatch_rate: float = 0.01
+    """Top-1 disagreement with float32 (agreement >= 99 %)."""
+    int8_accuracy_drop: float = 0.005
+    """Top-1 accuracy against the labels: float32 minus INT8, at most half a point."""
+    int8_mse_mean: float = 1e-3
+    int8_mse_p99: float = 1e-2
+    int8_kl_mean: float = 0.05
+    int8_at_risk_rate: float = 0.1
+    """Samples whose probability change could reorder their top two / all samples."""
+    int8_class_recall_drop: float = 0.34
+    """Worst class's recall drop (classes with >= 3 samples): one collapsed class fails it."""
+    int8_map50_delta: float = 0.01
+    int8_map50_95_drop: float = 0.02
+    """mAP@0.5:0.95 may drop by at most this (INT8 minus float32 >= -0.02)."""
+    int8_recall_drop: float = 0.02
+    """Recall against the labels at the deployed confidence: float32 minus INT8."""
+    int8_iou_diff_p95: float = 0.1
+    """p95 of 1 - IoU of matched boxes (fixture INT8: 0.04-0.05, a pixel on a 40 px pill)."""
+    int8_score_diff_p95: float = 0.05
+    int8_unmatched_rate: float = 0.05
+    int8_top_score_log2_ratio: float = 1.0
+    """|log2(mean top score INT8 / float32)|: scores not collapsed (same order of magnitude)."""
+    int8_e2e_agreement_min: float = 0.98
 
 
 class CompareConfig(Section):
@@ -141,7 +166,8 @@ class CompareConfig(Section):
     Pays for small models whose Torch forward is bound by Python dispatch (the demo's
     fixture models); slower for production-size models, whose convolutions use every core.
     """
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    """``int8``: INT8 models checked against the float32 ONNX of their release (int8 gates)."""
     seed: int = 0
     borderline_log_count: int = Field(10, ge=0)
     gates: GatesConfig = GatesConfig()

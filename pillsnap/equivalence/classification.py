@@ -278,6 +278,41 @@ def aggregate(rows: pd.DataFrame) -> dict[str, float]:
         else float("nan"),
         "classes": float(rows["true_class"].nunique()),
         "classes_with_mismatch": float(rows.loc[~rows["top1_match"], "true_class"].nunique()),
+        **label_metrics(rows),
+    }
+
+
+CLASS_RECALL_MIN_SAMPLES = 3
+"""A class enters the worst-class recall drop only with this many samples (one flip of two is noise)."""
+
+
+def label_metrics(rows: pd.DataFrame) -> dict[str, float]:
+    """Accuracy of each engine against the labels and the worst class's recall drop.
+
+    What the INT8 gate needs beyond agreement: a mean over thousands of classes hides one
+    collapsed class, so ``class_recall_drop_max`` is the largest per-class drop (reference
+    minus candidate) among classes with ``CLASS_RECALL_MIN_SAMPLES`` samples or more
+    (NaN when none has: not measurable, never zero by default).
+    """
+    truth = rows["true_class"].to_numpy()
+    ok_t = rows["torch_top1"].to_numpy() == truth
+    ok_o = rows["onnx_top1"].to_numpy() == truth
+    per = (
+        rows.assign(ok_t=ok_t, ok_o=ok_o)
+        .groupby("true_class")
+        .agg(n=("ok_t", "size"), t=("ok_t", "mean"), o=("ok_o", "mean"))
+    )
+    per = per[per["n"] >= CLASS_RECALL_MIN_SAMPLES]
+    drop = per["t"] - per["o"]
+    worst = drop.idxmax() if len(drop) else None
+    return {
+        "accuracy_torch": float(ok_t.mean()),
+        "accuracy_onnx": float(ok_o.mean()),
+        "accuracy_drop": float(ok_t.mean() - ok_o.mean()),
+        "at_risk_rate": float(rows["at_risk"].mean()),
+        "class_recall_drop_max": float(drop.max()) if worst is not None else float("nan"),
+        "class_recall_drop_class": float(worst) if worst is not None else float("nan"),
+        "class_recall_classes": float(len(per)),
     }
 
 

@@ -110,7 +110,11 @@ class _DetectionStats:
             "boxes_onnx": 0,
             "gt_boxes": 0,
             "photos": 0,
+            "recalled_torch": 0,
+            "recalled_onnx": 0,
         }
+        self.top_score = {"torch": 0.0, "onnx": 0.0}
+        """Sum over photos of each engine's highest class score (collapsed INT8 scores show here)."""
 
     def add(
         self, items: list[SampleItem], photos: list[_Photo], raw_t: np.ndarray, raw_o: np.ndarray
@@ -136,9 +140,15 @@ class _DetectionStats:
             decode_and_nms(raw_t, infos, nms),
             decode_and_nms(raw_o, infos, nms),
         )
+        for name, raw in (("torch", raw_t), ("onnx", raw_o)):
+            self.top_score[name] += (
+                float(raw[:, 4:].max(axis=(1, 2)).sum()) if raw.shape[1] > 4 else 0.0
+            )
         for i, photo in enumerate(photos):
             for name, acc in self.maps.items():
                 acc.add(evals[name][i], photo.gt_cls, photo.gt_boxes)
+            for name, dets in (("torch", deployed_t[i]), ("onnx", deployed_o[i])):
+                self.counts[f"recalled_{name}"] += _recalled(photo, dets)
             _box_parity(
                 deployed_t[i],
                 deployed_o[i],
@@ -183,6 +193,7 @@ class _DetectionStats:
             "raw_box_max_abs_diff": self.raw_max["box"],
             "raw_score_max_abs_diff": self.raw_max["score"],
             "raw_mean_abs_diff": self.raw_sum / max(self.raw_count, 1),
+            **self._recall_and_scores(),
         }
         thresholds = {
             "map_eval": {
@@ -199,6 +210,28 @@ class _DetectionStats:
             "threshold_band": {"score": THRESHOLD_BAND},
         }
         return DetectionParity(metrics, ious, scores, self.examples, thresholds, np.stack(probe))
+
+    def _recall_and_scores(self) -> dict[str, float]:
+        """Recall against the labels at the deployed cut; how the top scores compare (INT8 gate)."""
+        c, gt, photos = self.counts, max(self.counts["gt_boxes"], 1), max(self.counts["photos"], 1)
+        top_t, top_o = self.top_score["torch"] / photos, self.top_score["onnx"] / photos
+        ratio = top_o / top_t if top_t > 0 else float("nan")
+        return {
+            "recall_torch": c["recalled_torch"] / gt,
+            "recall_onnx": c["recalled_onnx"] / gt,
+            "recall_drop": (c["recalled_torch"] - c["recalled_onnx"]) / gt,
+            "top_score_torch": top_t,
+            "top_score_onnx": top_o,
+            "top_score_log2_ratio": float(np.log2(ratio)) if ratio > 0 else float("nan"),
+        }
+
+
+def _recalled(photo: _Photo, dets: np.ndarray) -> int:
+    """Labelled pills found by the deployed detections (one to one, IoU >= 0.5, same class)."""
+    if not len(photo.gt_boxes) or not len(dets):
+        return 0
+    pairs = match_boxes(photo.gt_boxes, dets[:, :4])
+    return sum(int(photo.gt_cls[i]) == int(dets[j, 5]) for i, j, _ in pairs)
 
 
 class BatchConsumer(Protocol):

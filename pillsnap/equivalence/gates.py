@@ -1,6 +1,7 @@
 """Pass/fail from measured parity: one ``Check`` per gated metric, decided apart from measuring.
 
-Limits come from ``cfg.compare.gates`` (fp16 runs use the relaxed fp16 limits).
+Limits come from ``cfg.compare.gates`` (fp16 runs use the relaxed fp16 limits, int8 runs
+the ``int8_*`` profile: INT8 against the float32 ONNX, not against Torch).
 The user's stricter aims give a second, informational verdict that never fails
 a release. A metric that could not be measured (NaN) fails its gate: a check
 that can be silenced is not a check.
@@ -92,6 +93,8 @@ def check(
 def classification_checks(
     metrics: dict[str, float], gates: GatesConfig, precision: str = "fp32"
 ) -> list[Check]:
+    if precision == "int8":
+        return int8_classification_checks(metrics, gates)
     fp16 = precision == "fp16"
     mse_mean = gates.fp16_mse_mean if fp16 else gates.mse_mean
     mismatch = gates.fp16_top1_mismatch_rate if fp16 else gates.top1_mismatch_rate
@@ -115,6 +118,8 @@ def classification_checks(
 def detection_checks(
     metrics: dict[str, float], gates: GatesConfig, precision: str = "fp32"
 ) -> list[Check]:
+    if precision == "int8":
+        return int8_detection_checks(metrics, gates)
     fp16 = precision == "fp16"
     return [
         check("detection.delta_map50", metrics["delta_map50"], gates.map50_delta, "|<=|"),
@@ -130,9 +135,51 @@ def detection_checks(
     ]
 
 
-def end_to_end_checks(metrics: dict[str, float], gates: GatesConfig) -> list[Check]:
+def end_to_end_checks(
+    metrics: dict[str, float], gates: GatesConfig, precision: str = "fp32"
+) -> list[Check]:
+    limit = gates.int8_e2e_agreement_min if precision == "int8" else gates.e2e_agreement_min
+    return [check("end_to_end.pill_agreement", metrics["pill_agreement"], limit, ">=")]
+
+
+def int8_classification_checks(metrics: dict[str, float], gates: GatesConfig) -> list[Check]:
+    """The ``int8`` profile: INT8 against float32 (agreement, accuracy, probabilities, worst class)."""
+    g = gates
     return [
-        check("end_to_end.pill_agreement", metrics["pill_agreement"], gates.e2e_agreement_min, ">=")
+        check(
+            "classification.top1_mismatch_rate",
+            metrics["top1_mismatch_rate"],
+            g.int8_top1_mismatch_rate,
+        ),
+        check("classification.accuracy_drop", metrics["accuracy_drop"], g.int8_accuracy_drop),
+        check("classification.mse_mean", metrics["mse_mean"], g.int8_mse_mean),
+        check("classification.mse_p99", metrics["mse_p99"], g.int8_mse_p99),
+        check("classification.kl_mean", metrics["kl_mean"], g.int8_kl_mean),
+        check("classification.at_risk_rate", metrics["at_risk_rate"], g.int8_at_risk_rate),
+        check(
+            "classification.class_recall_drop_max",
+            metrics["class_recall_drop_max"],
+            g.int8_class_recall_drop,
+        ),
+    ]
+
+
+def int8_detection_checks(metrics: dict[str, float], gates: GatesConfig) -> list[Check]:
+    """The ``int8`` profile: mAP after the common NMS, recall at the deployed cut, boxes, scores."""
+    g = gates
+    return [
+        check("detection.delta_map50", metrics["delta_map50"], g.int8_map50_delta, "|<=|"),
+        check("detection.delta_map50_95", metrics["delta_map50_95"], -g.int8_map50_95_drop, ">="),
+        check("detection.recall_drop", metrics["recall_drop"], g.int8_recall_drop),
+        check("detection.iou_diff_p95", metrics["iou_diff_p95"], g.int8_iou_diff_p95),
+        check("detection.score_diff_p95", metrics["score_diff_p95"], g.int8_score_diff_p95),
+        check("detection.unmatched_rate", metrics["unmatched_rate"], g.int8_unmatched_rate),
+        check(
+            "detection.top_score_log2_ratio",
+            metrics["top_score_log2_ratio"],
+            g.int8_top_score_log2_ratio,
+            "|<=|",
+        ),
     ]
 
 

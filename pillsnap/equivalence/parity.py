@@ -31,10 +31,16 @@ if TYPE_CHECKING:
     from pillsnap.sampling.sample import Sample
 
 log = logging.getLogger(__name__)
+EXCLUDED_WHY = "used to calibrate the INT8 model (a gate never evaluates on its calibration images)"
 
 
 def classification_parity(
-    cfg: Config, class_map: ClassMap, runners: dict[str, Any], progress: bool, lanes: Lanes
+    cfg: Config,
+    class_map: ClassMap,
+    runners: dict[str, Any],
+    progress: bool,
+    lanes: Lanes,
+    exclude: frozenset[Path] = frozenset(),
 ) -> tuple[Sample, ClassificationParity]:
     from pillsnap.config import require_path
     from pillsnap.sampling.classification import index_classification
@@ -44,7 +50,7 @@ def classification_parity(
     root = require_path(
         cfg.paths.classification_data, "paths.classification_data", "the classification dataset"
     )
-    index = index_classification(root, class_map)
+    index = index_classification(root, class_map).without(exclude, EXCLUDED_WHY)
     sample = sample_dataset(index, cfg.compare, "classification")
     spec = PreprocessSpec.from_config(cfg.classification)
     cache: dict[Path, np.ndarray] = {}
@@ -121,13 +127,15 @@ def detection_parity(
     progress: bool,
     e2e: EndToEndAccumulator | None,
     lanes: Lanes,
+    exclude: frozenset[Path] = frozenset(),
 ) -> tuple[Sample, DetectionParity]:
     from pillsnap.config import require_path
     from pillsnap.sampling.detection import index_detection
     from pillsnap.sampling.draw import sample_dataset
 
     data = require_path(cfg.paths.detection_data, "paths.detection_data", "the detection data YAML")
-    sample = sample_dataset(index_detection(data), cfg.compare, "detection")
+    index = index_detection(data).without(exclude, EXCLUDED_WHY)
+    sample = sample_dataset(index, cfg.compare, "detection")
     log.info(sample.summary())
     parity = compare_detection(
         sample.items,

@@ -3,6 +3,11 @@
 Reads top to bottom: check metadata -> open runners -> classification parity
 (sample, hardness scoring, compare) -> detection parity -> end-to-end parity ->
 gates -> (on failure) probes and ranked causes -> validated ``export_report.json``.
+
+``compare.precision: int8`` (or an explicit ``reference``) compares ONNX with ONNX: the
+reference side is the float32 ONNX of the same release instead of the Torch checkpoint
+(``equivalence/int8.py``), and ``exclude`` keeps the INT8 calibration images out of
+the sample.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Collection
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +29,7 @@ from pillsnap.equivalence.classification import (
 )
 from pillsnap.equivalence.detection import DetectionParity
 from pillsnap.equivalence.end_to_end import EndToEndAccumulator, EndToEndParity
-from pillsnap.equivalence.lanes import open_lanes, plan_lanes
+from pillsnap.equivalence.lanes import Lanes, open_lanes, plan_lanes
 from pillsnap.equivalence.parity import classification_parity, detection_parity
 from pillsnap.equivalence.preflight import check_metadata, describe_onnx
 from pillsnap.exceptions import UserInputError
@@ -110,6 +116,8 @@ def run_equivalence(
     out_dir: str | Path | None = None,
     *,
     progress: bool = True,
+    reference: dict[str, str | Path] | None = None,
+    exclude: Collection[str | Path] = (),
 ) -> EquivalenceResult:
     """Compare Torch and ONNX for every model given, write ``{out_dir}/export_report.json``.
 
@@ -118,6 +126,8 @@ def run_equivalence(
     Raises ``MetadataMismatchError`` before any comparison when an ONNX file was
     exported for another pre-processing. A failed comparison does not raise: see
     ``result.failed`` / ``result.failure_reason`` (the CLI turns it into exit 1).
+    ``reference`` (task -> float32 ONNX) replaces Torch as the reference of those models;
+    with ``compare.precision: int8`` it defaults to each INT8 file's float32 source.
     """
     from pillsnap.classmap import ClassMap
     from pillsnap.config import apply_overrides
@@ -134,11 +144,18 @@ def run_equivalence(
             "nothing to compare: pass `exports` (from export_models) or an ONNX path per model"
         )
     notes = {task: check_metadata(cfg, task, res.onnx_path) for task, res in models.items()}
+    if reference is None and cfg.compare.precision == "int8":
+        from pillsnap.equivalence.int8 import float_references
+
+        reference = float_references(cfg, models)
+    reference = {t: Path(p) for t, p in (reference or {}).items() if t in models}
+    excluded = frozenset(Path(p) for p in exclude)
     class_map = ClassMap.load(cfg.paths.class_map_path)
     checks: dict[str, list[gates.Check]] = {}
     cls_parity = det_parity = e2e = None
     samples: dict[str, Sample] = {}
-    lanes = plan_lanes(cfg)
+    # ONNX against ONNX: nothing to gain from the Torch lane, the two sessions take turns.
+    lanes = plan_lanes(cfg) if not reference else Lanes.in_turn()
     onnx_cfg = (
         apply_overrides(cfg, {"runtime.intra_op_threads": lanes.onnx_threads})
         if lanes.parallel
@@ -148,7 +165,11 @@ def run_equivalence(
         runners = {
             task: {
                 "torch": _Timed(
-                    stack.enter_context(create_runner("torch", task, cfg, res.ckpt_path))
+                    stack.enter_context(
+                        create_runner("onnx", task, cfg, reference[task])
+                        if task in reference
+                        else create_runner("torch", task, cfg, res.ckpt_path)
+                    )
                 ),
                 "onnx": _Timed(
                     stack.enter_context(create_runner("onnx", task, onnx_cfg, res.onnx_path))
@@ -159,7 +180,7 @@ def run_equivalence(
         stack.enter_context(open_lanes(lanes))
         if "classification" in models:
             samples["classification"], cls_parity = classification_parity(
-                cfg, class_map, runners["classification"], progress, lanes
+                cfg, class_map, runners["classification"], progress, lanes, excluded
             )
             checks["classification"] = gates.classification_checks(
                 cls_parity.metrics, cfg.compare.gates, cfg.compare.precision
@@ -177,14 +198,16 @@ def run_equivalence(
                 else None
             )
             samples["detection"], det_parity = detection_parity(
-                cfg, runners["detection"], progress, acc, lanes
+                cfg, runners["detection"], progress, acc, lanes, excluded
             )
             checks["detection"] = gates.detection_checks(
                 det_parity.metrics, cfg.compare.gates, cfg.compare.precision
             )
             if acc is not None:
                 e2e = acc.result()
-                checks["end_to_end"] = gates.end_to_end_checks(e2e.metrics, cfg.compare.gates)
+                checks["end_to_end"] = gates.end_to_end_checks(
+                    e2e.metrics, cfg.compare.gates, cfg.compare.precision
+                )
         verdict = gates.Verdict([c for group in checks.values() for c in group])
         parities = {"classification": cls_parity, "detection": det_parity}
         failed = {t: not all(c.passed for c in checks[t]) for t in parities if t in checks}
@@ -212,6 +235,9 @@ def run_equivalence(
             cfg, task, samples[task], parities[task], checks[task], verdict, notes[task]
         )
         onnx_desc, torch_desc = describe[task]
+        compare["reference"] = (
+            f"onnx float32: {reference[task].name}" if task in reference else "torch checkpoint"
+        )
         model_entries[task] = reporting.model_section(
             cfg, res, git_sha, onnx_desc["providers"], torch_desc["device"], compare
         )
@@ -271,6 +297,11 @@ def _diagnose(
         if parity is None or all(c.passed for c in checks[task]):
             continue
         x = parity.probe_inputs
+        if cfg.compare.precision == "int8":
+            from pillsnap.equivalence.int8 import rank_int8_causes
+
+            causes += rank_int8_causes(task, models[task].onnx_path, x)
+            continue
         torch_r, onnx_r = runners[task]["torch"], runners[task]["onnx"]
         stage = probes.input_stage(models[task].onnx_path, torch_r._runner, x)
         batch = {

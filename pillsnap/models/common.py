@@ -36,6 +36,16 @@ META_CLASS_MAP_DIGEST = "pillsnap.class_map_digest"  # sha256, "" when no class 
 META_EXPORTED_AT = "pillsnap.exported_at_utc"
 META_VERSION = "pillsnap.version"
 META_LETTERBOX_IMGSZ = "letterbox.imgsz"  # detector only: square letterbox side
+# INT8 models (the quantization stage) add these; everything above is kept from the float32 model.
+META_PRECISION = "pillsnap.precision"  # "int8"; absent on float exports
+META_INT8_SOURCE = "pillsnap.int8_source"  # file name of the float32 ONNX it was quantized from
+META_INT8_SOURCE_SHA256 = "pillsnap.int8_source_sha256"
+META_INT8_RECIPE = "pillsnap.int8_recipe"  # JSON: the recipe, with reduce_range as applied
+META_INT8_EXCLUDED = "pillsnap.int8_excluded_nodes"  # JSON: [{"node", "reason"}] kept float
+META_INT8_CALIBRATION = "pillsnap.int8_calibration_sha256"  # digest of the calibration file list
+META_INT8_CPU_CLASS = "pillsnap.int8_cpu_class"  # environment.cpu_info()["int8_class"] of the gate
+META_INT8_CPU_FLAGS = "pillsnap.int8_cpu_flags"  # the CPU's INT8-relevant flags, comma-separated
+META_INT8_GATE = "pillsnap.int8_gate"  # passed | failed | not_gated
 
 # "Exporting the operator 'aten::foo' to ONNX opset version 17 is not supported"
 _UNSUPPORTED_OP = re.compile(

@@ -2,7 +2,8 @@
 
 Compares the manifests and ``export_report.json`` of two release folders:
 verdicts, git state, every scalar of the report (parity metrics, params, opset,
-...), ONNX sizes, library versions, config values and stage results. Release
+...), ONNX sizes, library versions, config values, stage results and the INT8 stage
+(``quantization.json``: verdict, recipe, layers kept float, speedup, int8 gate values). Release
 tags inside values (file names, paths) are replaced by ``<tag>`` first, so only
 real changes show.
 """
@@ -46,6 +47,7 @@ def diff_releases(a: str | Path, b: str | Path) -> list[DiffRow]:
         ("version", ma.get("versions", {}), mb.get("versions", {})),
         ("config", _flatten(ma.get("config", {}), ta), _flatten(mb.get("config", {}), tb)),
         ("stage", _stage_status(ma), _stage_status(mb)),
+        ("quantization", _quantization(a, ta), _quantization(b, tb)),
     ]
     rows = []
     for section, left, right in sections:
@@ -93,6 +95,36 @@ def _onnx_sizes(m: dict[str, Any], tag: str) -> dict[str, Any]:
         for name, entry in m.get("artifacts", {}).items()
         if name.endswith(".onnx") and "size" in entry
     }
+
+
+def _quantization(folder: Path, tag: str) -> dict[str, Any]:
+    """The INT8 stage per model (``quantization.json``): verdict, recipe, float layers, speed, gates."""
+    path = folder / "quantization.json"
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    out: dict[str, Any] = {
+        "verdict": record.get("verdict"),
+        "cpu.int8_class": (record.get("cpu") or {}).get("int8_class"),
+    }
+    for task, m in (record.get("models") or {}).items():
+        recipe = m.get("recipe") or {}
+        cal = m.get("calibration") or {}
+        out[f"{task}.shipped"] = _untag(str(m.get("int8_onnx")), tag) if m.get("shipped") else None
+        out[f"{task}.recipe"] = recipe.get("name")
+        out[f"{task}.reduce_range"] = recipe.get("reduce_range")
+        out[f"{task}.calibration"] = (
+            f"{cal.get('count')} from {cal.get('split')} #{str(cal.get('sha256'))[:8]}"
+        )
+        for kind, n in sorted((m.get("excluded_counts") or {}).items()):
+            out[f"{task}.excluded.{kind}"] = n
+        out[f"{task}.search_steps"] = sum(
+            1 for s in m.get("search", []) if s.get("action") != "recipe"
+        )
+        out[f"{task}.speedup"] = m.get("speedup")
+        for gate in m.get("gates", []):
+            out[f"{task}.{gate['name'].split('.', 1)[-1]}"] = gate.get("value")
+    return out
 
 
 def _stage_status(m: dict[str, Any]) -> dict[str, Any]:

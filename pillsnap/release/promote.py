@@ -95,10 +95,15 @@ def check_tag_free(out_dir: Path, tag: str) -> None:
         )
 
 
-def link_model_aliases(release_dir: Path, onnx_files: dict[str, Path]) -> None:
-    """Inside a release, ``detection.onnx`` -> ``detection-<tag>.onnx`` (stable names for links)."""
+def link_model_aliases(
+    release_dir: Path, onnx_files: dict[str, Path], suffix: str = ".onnx"
+) -> None:
+    """Inside a release, ``detection.onnx`` -> ``detection-<tag>.onnx`` (stable names for links).
+
+    ``suffix=".int8.onnx"``: ``detection.int8.onnx`` -> ``detection-<tag>.int8.onnx``.
+    """
     for task, target in onnx_files.items():
-        _replace_symlink(release_dir / f"{task}.onnx", Path(target.name))
+        _replace_symlink(release_dir / f"{task}{suffix}", Path(target.name))
 
 
 def promote(partial: Path, out_dir: Path, tag: str) -> Path:

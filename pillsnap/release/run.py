@@ -76,6 +76,10 @@ class ReleaseOutcome:
         return {t: p for t in TASKS if (p := self.path / onnx_name(t, self.tag)).is_file()}
 
     @property
+    def int8_files(self) -> dict[str, Path]:
+        return int8_files(self.path, self.tag)
+
+    @property
     def report(self) -> Path | None:
         path = self.path / REPORT_NAME
         return path if path.is_file() else None
@@ -88,6 +92,15 @@ class ReleaseOutcome:
 def onnx_name(task: str, tag: str) -> str:
     """``detection-<tag>.onnx`` / ``classification-<tag>.onnx`` (spec E-1)."""
     return f"{task}-{tag}.onnx"
+
+
+INT8_SUFFIX = ".int8.onnx"
+QUANTIZATION_RECORD = "quantization.json"
+
+
+def int8_files(folder: Path, tag: str) -> dict[str, Path]:
+    """The INT8 models the quantization stage shipped into ``folder`` (``<task>-<tag>.int8.onnx``)."""
+    return {t: p for t in TASKS if (p := folder / f"{t}-{tag}{INT8_SUFFIX}").is_file()}
 
 
 def run_release(
@@ -137,6 +150,7 @@ def run_release(
         failure = failure or check_release_outputs(work, tag)
         if failure is None:
             link_model_aliases(work, {t: work / onnx_name(t, tag) for t in TASKS})
+            link_model_aliases(work, int8_files(work, tag), INT8_SUFFIX)
         write_manifest(
             work,
             {
@@ -284,7 +298,38 @@ def check_release_outputs(folder: Path, tag: str) -> str | None:
     failed = report_failures(data)
     if failed:
         return f"{REPORT_NAME} records a failed comparison: " + "; ".join(failed)
-    return compared_files_unchanged(folder, tag, data)
+    return compared_files_unchanged(folder, tag, data) or int8_files_consistent(folder, tag)
+
+
+def int8_files_consistent(folder: Path, tag: str) -> str | None:
+    """INT8 files only where ``quantization.json`` shipped them, each the very file it gated."""
+    from pillsnap.fileio import sha256_file
+
+    found = int8_files(folder, tag)
+    record_path = folder / QUANTIZATION_RECORD
+    if not record_path.is_file():
+        return (
+            f"{', '.join(p.name for p in found.values())} in {folder} without {QUANTIZATION_RECORD}"
+            if found
+            else None
+        )
+    record = json.loads(record_path.read_text())
+    shipped = record.get("shipped") or {}
+    if record.get("failed") and record.get("required", True):
+        return f"{QUANTIZATION_RECORD} records a failed INT8 stage: {record.get('failure_reason')}"
+    for task in TASKS:
+        name = shipped.get(task)
+        if name is None:
+            if task in found:
+                return f"{found[task].name} is in the release but {QUANTIZATION_RECORD} did not ship it"
+            continue
+        entry = (record.get("models") or {}).get(task) or {}
+        path = folder / name
+        if not path.is_file():
+            return f"{QUANTIZATION_RECORD} shipped {name}, which is not in {folder}"
+        if sha256_file(path) != entry.get("int8_sha256"):
+            return f"{name} changed after its INT8 gate (sha256 differs from {QUANTIZATION_RECORD})"
+    return None
 
 
 def compared_files_unchanged(folder: Path, tag: str, report: dict[str, Any]) -> str | None:

@@ -102,7 +102,7 @@ class Compare(_Strict):
     failure_reason: str | None
     deltas: Deltas
     notes: list[str]
-    precision: Literal["fp32", "fp16"]
+    precision: Literal["fp32", "fp16", "int8"]
     at_risk_count: int | None = Field(
         description="samples whose probability difference could reorder their top two"
     )
@@ -118,6 +118,50 @@ class Compare(_Strict):
     skipped_files: list[SkippedFile]
     empty_classes: list[str]
     seed: int
+    reference: str | None = Field(
+        None,
+        description="what the model was compared with: 'torch checkpoint', or 'onnx float32: "
+        "<file>' for INT8 models (compare.precision=int8)",
+    )
+
+
+class Int8Exclusion(_Strict):
+    node: str
+    kind: Literal[
+        "shape_arithmetic", "dfl", "box_decode", "sigmoid", "output_concat", "configured", "search"
+    ]
+    reason: str
+    group: str = Field("", description="the layer group (the search reverts whole groups)")
+
+
+class Quantization(_Strict):
+    """The INT8 stage's outcome for one model (full detail in ``quantization.json``)."""
+
+    shipped: bool = Field(description="the release holds this model's INT8 file")
+    required: bool = Field(description="quantize.required: a failure fails the release")
+    failed: bool
+    reason: str | None
+    verdict: Literal["passed", "failed", "shipped_without_int8"]
+    int8_onnx: str | None
+    int8_sha256: str | None
+    source_onnx: str = Field(description="the float32 ONNX it was quantized from and gated against")
+    recipe: dict[str, Any] = Field(description="the recipe as applied (reduce_range resolved)")
+    recipes_tried: list[dict[str, Any]]
+    calibration: dict[str, Any] = Field(
+        description="split, fallback (seeded half of val), count, strata, sha256 of the file list"
+    )
+    excluded: list[Int8Exclusion] = Field(description="nodes kept float, each with its reason")
+    excluded_counts: dict[str, int]
+    search: list[dict[str, Any]] = Field(
+        description="every step: recipe tried, group reverted or candidates that did not help; "
+        "gate metrics and speed after it"
+    )
+    gates: list[Gate]
+    metrics: dict[str, float | None]
+    speedup: float | None = Field(description="float32 time / INT8 time, ORT CPU, median of rounds")
+    speed: dict[str, Any]
+    cpu: dict[str, Any] = Field(description="model, INT8 class, flags the gate ran with")
+    seconds: float
 
 
 class ModelReport(_Strict):
@@ -141,6 +185,9 @@ class ModelReport(_Strict):
     metadata: dict[str, str]
     postprocess: Postprocess
     compare: Compare
+    quantization: Quantization | None = Field(
+        None, description="the INT8 stage's outcome (absent before or without that stage)"
+    )
 
 
 class Models(_Strict):

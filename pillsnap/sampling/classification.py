@@ -1,4 +1,7 @@
-"""The classification validation set: ``{root}/val/<class_dir>/*`` grouped by class index."""
+"""The classification validation set: ``{root}/val/<class_dir>/*`` grouped by class index.
+
+``split`` picks another folder of the same layout (``train`` for INT8 calibration).
+"""
 
 from __future__ import annotations
 
@@ -12,14 +15,16 @@ if TYPE_CHECKING:
     from pillsnap.classmap import ClassMap
 
 
-def index_classification(data_root: str | Path, class_map: ClassMap) -> DatasetIndex:
-    """``{data_root}/val/<class_dir>/*`` grouped by the class map's index of ``class_dir``."""
+def index_classification(
+    data_root: str | Path, class_map: ClassMap, split: str = "val"
+) -> DatasetIndex:
+    """``{data_root}/<split>/<class_dir>/*`` grouped by the class map's index of ``class_dir``."""
     root = Path(data_root)
-    val = root / "val"
+    val = root / split
     if not val.is_dir():
         raise MissingPathError(
-            f"classification validation folder not found: {val} (config key "
-            f"`paths.classification_data` must hold val/<class_dir>/); regenerate it with `pillsnap synth`"
+            f"classification {split} folder not found: {val} (config key "
+            f"`paths.classification_data` must hold {split}/<class_dir>/); regenerate it with `pillsnap synth`"
         )
     index = DatasetIndex(val, {})
     by_dir = class_map.index_of_dir()

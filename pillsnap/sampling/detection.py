@@ -13,8 +13,8 @@ from pillsnap.sampling.sample import IMAGE_SUFFIXES, DatasetIndex, SkippedFile
 MAX_PILL_STRATUM = 5
 
 
-def detection_val_images(data_yaml: str | Path) -> list[Path]:
-    """The ``val`` images of an Ultralytics data YAML (a folder, a .txt list, or a list of either)."""
+def detection_val_images(data_yaml: str | Path, split: str = "val") -> list[Path]:
+    """The ``split`` images of an Ultralytics data YAML (a folder, a .txt list, or a list of either)."""
     import yaml
 
     data_yaml = Path(data_yaml)
@@ -23,14 +23,14 @@ def detection_val_images(data_yaml: str | Path) -> list[Path]:
             f"detection data YAML not found: {data_yaml} (config key `paths.detection_data`)"
         )
     spec = yaml.safe_load(data_yaml.read_text()) or {}
-    if "val" not in spec:
+    if split not in spec:
         raise DataError(
-            f"{data_yaml} has no `val` entry; expected an Ultralytics data YAML with path/train/val/names"
+            f"{data_yaml} has no `{split}` entry; expected an Ultralytics data YAML with path/train/val/names"
         )
     base = Path(spec.get("path") or data_yaml.parent)
     base = base if base.is_absolute() else (data_yaml.parent / base)
     images: list[Path] = []
-    for entry in spec["val"] if isinstance(spec["val"], list) else [spec["val"]]:
+    for entry in spec[split] if isinstance(spec[split], list) else [spec[split]]:
         p = Path(entry) if Path(entry).is_absolute() else base / entry
         if p.is_dir():
             images += sorted(
@@ -46,7 +46,7 @@ def detection_val_images(data_yaml: str | Path) -> list[Path]:
             ]
         else:
             raise MissingPathError(
-                f"detection val entry {entry!r} of {data_yaml} does not exist (looked for {p})"
+                f"detection {split} entry {entry!r} of {data_yaml} does not exist (looked for {p})"
             )
     return images
 
@@ -74,9 +74,9 @@ def read_yolo_labels(image: Path) -> np.ndarray:
     return labels
 
 
-def index_detection(data_yaml: str | Path) -> DatasetIndex:
-    """Val photos grouped by pill count (capped at ``MAX_PILL_STRATUM``)."""
-    images = detection_val_images(data_yaml)
+def index_detection(data_yaml: str | Path, split: str = "val") -> DatasetIndex:
+    """The ``split`` photos (default val) grouped by pill count (capped at ``MAX_PILL_STRATUM``)."""
+    images = detection_val_images(data_yaml, split)
     index = DatasetIndex(Path(data_yaml), defaultdict(list))
     for image in images:
         try:

@@ -69,6 +69,23 @@ class DatasetIndex:
     def image_count(self) -> int:
         return sum(len(v) for v in self.groups.values())
 
+    def without(self, paths: set[Path] | frozenset[Path], why: str) -> DatasetIndex:
+        """A copy without ``paths`` (e.g. the INT8 calibration images a gate must not see)."""
+        if not paths:
+            return self
+        groups = {k: [p for p in v if p not in paths] for k, v in self.groups.items()}
+        removed = self.image_count - sum(len(v) for v in groups.values())
+        notes = (
+            [*self.notes, f"{removed} image(s) left out: {why}"] if removed else list(self.notes)
+        )
+        return DatasetIndex(
+            self.root,
+            {k: v for k, v in groups.items() if v},
+            list(self.empty_classes),
+            list(self.skipped),
+            notes,
+        )
+
 
 def images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

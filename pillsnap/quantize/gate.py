@@ -1,0 +1,181 @@
+"""The INT8 gate and the INT8 speed: the same equivalence code, the same runners.
+
+``evaluate`` runs ``pillsnap.equivalence.run_equivalence`` with ``compare.precision:
+int8`` (the ``int8`` gates of ``compare.gates``) and the float32 ONNX as the
+reference, on the gate's sample (``quantize.gate_mode``), leaving out every image
+calibration used. It is what the stage decides with and what the exclusion loop's
+task-aware score measures: the real fused CPU kernels, real validation data.
+
+``speedup`` times float32 and INT8 ONNX Runtime sessions (``create_runner``) on one
+real batch, interleaved round by round (order alternating), and returns the median
+of the per-round ratios: a loaded or drifting machine slows both alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pillsnap.config import Config
+    from pillsnap.equivalence.gates import Check
+    from pillsnap.equivalence.run import EquivalenceResult
+
+log = logging.getLogger(__name__)
+ITERATIONS_PER_ROUND = 3
+
+
+def gate_config(cfg: Config) -> Config:
+    """``cfg`` with the int8 gate profile and the gate's sampling."""
+    from pillsnap.config import apply_overrides
+
+    q = cfg.quantize
+    overrides: dict[str, Any] = {"compare.precision": "int8"}
+    if q.gate_mode:
+        overrides["compare.mode"] = q.gate_mode
+    if q.gate_per_class_k:
+        overrides["compare.per_class_k"] = q.gate_per_class_k
+    return apply_overrides(cfg, overrides)
+
+
+@dataclass
+class GateResult:
+    """One gate measurement of one or both INT8 models."""
+
+    checks: list[Check]
+    metrics: dict[str, dict[str, float]]
+    """Per model (and ``end_to_end``) the metrics measured."""
+    result: EquivalenceResult
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def view(self, *models: str) -> GateResult:
+        """Only the checks of ``models`` (``classification``, ``detection``, ``end_to_end``)."""
+        keep = [c for c in self.checks if c.name.split(".", 1)[0] in models]
+        return GateResult(keep, self.metrics, self.result)
+
+    @property
+    def failed_checks(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def excess(self) -> float:
+        """How far from passing, summed over failed checks (0 when passed): a loop's score.
+
+        Each failed check adds its miss relative to its limit (NaN counts as a big miss),
+        so a step that brings a metric closer to its limit lowers it.
+        """
+        total = 0.0
+        for c in self.failed_checks:
+            if np.isnan(c.value):
+                total += 100.0
+                continue
+            value = abs(c.value) if c.op == "|<=|" else c.value
+            scale = max(abs(c.limit), 1e-6)
+            miss = (c.limit - value) if c.op == ">=" else (value - c.limit)
+            total += 1.0 + max(miss, 0.0) / scale
+        return total
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"passed ({len(self.checks)} int8 gates)"
+        return "FAILED: " + "; ".join(c.describe() for c in self.failed_checks)
+
+
+def evaluate(
+    cfg: Config,
+    int8: dict[str, Path],
+    reference: dict[str, Path],
+    exclude: frozenset[Path],
+    out_dir: str | Path | None = None,
+) -> GateResult:
+    """The int8 gates of the models in ``int8`` (task -> INT8 ONNX) against ``reference``."""
+    from pillsnap.equivalence.run import run_equivalence
+
+    gcfg = gate_config(cfg)
+    folder = (
+        Path(out_dir)
+        if out_dir is not None
+        else Path(tempfile.mkdtemp(prefix="pillsnap-int8-gate-"))
+    )
+    result = run_equivalence(
+        gcfg,
+        classification_onnx=int8.get("classification"),
+        detection_onnx=int8.get("detection"),
+        out_dir=folder,
+        progress=False,
+        reference=dict(reference),
+        exclude=exclude,
+    )
+    metrics: dict[str, dict[str, float]] = {}
+    if result.classification is not None:
+        metrics["classification"] = dict(result.classification.metrics)
+    if result.detection is not None:
+        metrics["detection"] = dict(result.detection.metrics)
+    if result.end_to_end is not None:
+        metrics["end_to_end"] = dict(result.end_to_end.metrics)
+    return GateResult(list(result.verdict.checks), metrics, result)
+
+
+def speedup(
+    cfg: Config, task: str, float_path: Path, int8_path: Path, batch: np.ndarray
+) -> dict[str, Any]:
+    """INT8 vs float32 ORT CPU speed on ``batch``: median of per-round time ratios."""
+    from pillsnap.config import apply_overrides
+    from pillsnap.engines.runners import create_runner
+
+    # The speed that matters is the CPU's: the INT8 kernels are CPU kernels.
+    rcfg = apply_overrides(cfg, {"runtime.tensorrt_first": False})
+    rounds = cfg.quantize.speed_rounds
+    with (
+        create_runner("onnx", task, rcfg, float_path) as fp32,  # type: ignore[arg-type]
+        create_runner("onnx", task, rcfg, int8_path) as int8,  # type: ignore[arg-type]
+    ):
+        for runner in (fp32, int8):
+            runner.infer(batch)  # warm-up: allocations, kernel selection
+        times: dict[str, list[float]] = {"fp32": [], "int8": []}
+        for r in range(rounds):
+            order = (
+                (("fp32", fp32), ("int8", int8)) if r % 2 == 0 else (("int8", int8), ("fp32", fp32))
+            )
+            for name, runner in order:
+                per = []
+                for _ in range(ITERATIONS_PER_ROUND):
+                    runner.infer(batch)
+                    per.append(runner.last_inference_time or 0.0)
+                times[name].append(statistics.median(per))
+        providers = fp32.describe()["providers"]
+    ratios = [f / max(i, 1e-9) for f, i in zip(times["fp32"], times["int8"])]
+    result = {
+        "speedup": round(statistics.median(ratios), 3),
+        "ratios": [round(v, 3) for v in ratios],
+        "fp32_ms": round(statistics.median(times["fp32"]) * 1e3, 2),
+        "int8_ms": round(statistics.median(times["int8"]) * 1e3, 2),
+        "batch": int(batch.shape[0]),
+        "rounds": rounds,
+        "providers": providers,
+        "threads": cfg.runtime.intra_op_threads or "auto",
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    log.info(
+        "%s INT8 speed: %.2fx float32 (batch %d, median of %d interleaved rounds)",
+        task,
+        result["speedup"],
+        result["batch"],
+        rounds,
+    )
+    return result
+
+
+def speed_batch(sample: np.ndarray, size: int) -> np.ndarray:
+    """``size`` real inputs (the calibration images, repeated when there are fewer)."""
+    reps = -(-size // len(sample))
+    return np.ascontiguousarray(np.concatenate([sample] * reps)[:size], dtype=np.float32)
