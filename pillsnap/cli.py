@@ -22,6 +22,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "Torch <-> ONNX equivalence check, writes export_report.json",
     ),
     "release": ("pillsnap.release.cli", "run the papermill release; verify / diff releases"),
+    "bench": (
+        "pillsnap.bench.cli",
+        "benchmark every engine / provider of a release, with accuracy",
+    ),
 }
 
 
