@@ -59,7 +59,13 @@ def check_accuracy(
         try:
             for slot in running:
                 runner = reference if slot is ref_slot else slot.runner
-                slot.accuracy = measure_accuracy(cfg, task, sample, reference, runner)
+                try:
+                    slot.accuracy = measure_accuracy(cfg, task, sample, reference, runner)
+                except Exception as exc:  # this configuration's row says why
+                    if slot is ref_slot:
+                        raise
+                    slot.fail(exc)
+                    slot.reason = f"accuracy pass failed: {slot.reason}"
         finally:
             if own is not None:
                 own.deactivate()
