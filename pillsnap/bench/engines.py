@@ -208,11 +208,12 @@ class OpenVinoRunner(Runner):
         }
 
 
-def convert_fp16(src: Path, dst: Path) -> Path:
+def convert_fp16(src: str | Path, dst: Path) -> Path:
     """The float32 ONNX as float16 weights and compute, float32 inputs/outputs (for ORT CUDA fp16)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    src = Path(src)
     if dst.is_file() and dst.stat().st_mtime >= src.stat().st_mtime:
         return dst
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)

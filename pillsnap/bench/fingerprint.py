@@ -65,6 +65,7 @@ def environment(
         with contextlib.suppress(PackageNotFoundError):  # absent extras are simply not listed
             libs[extra] = version(extra)
     from pillsnap.bench import TORCH_LOADED_BEFORE
+    from pillsnap.bench.memory import peak_rss_mb
 
     cpu = dict(cpu_info())
     cpu["logical_cpus"] = os.cpu_count()
@@ -80,6 +81,7 @@ def environment(
         "python": sys.version.split()[0],
         "load_average_start": load_start,
         "load_average_end": load_average(),
+        "process_peak_rss_mb": round(peak_rss_mb(), 1),
         "threading": {
             "OMP_WAIT_POLICY": policy,
             "omp_policy_in_effect": bool(policy) and not TORCH_LOADED_BEFORE,

@@ -4,12 +4,17 @@
 has run; instead a thread samples the resident set every ``interval`` seconds while one
 configuration is built, run for the first time and warmed up at every batch size, and
 keeps the peak above the value at the start. Configurations are built one after the
-other and kept alive, so each one's figure is its own (session, weights, arenas).
-A spike shorter than the interval can be missed: the figure is a lower bound.
+other and kept alive, so each one's figure is its own (session, weights, arenas); freed
+heap is handed back to the OS before each baseline, so one configuration does not run in
+pages another freed. A spike shorter than the interval can be missed, and allocator
+caches may still hide a little: the figure is a lower bound (``ru_maxrss`` of the whole
+process, in the record's environment, is the upper one).
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import threading
 from dataclasses import dataclass
@@ -28,6 +33,25 @@ def rss_bytes() -> int:
         import psutil
 
         return int(psutil.Process().memory_info().rss)
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``) before a baseline is taken.
+
+    Without it, memory a previous configuration freed stays resident and is silently reused
+    by the next one, whose figure then reads too low.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figure is a lower bound, as documented
+        pass
+
+
+def peak_rss_mb() -> float:
+    """The process's lifetime peak resident set (``ru_maxrss``): an upper bound for any one part."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _gpu_used_bytes() -> int | None:
@@ -80,6 +104,8 @@ class PeakMemory:
             self._sample()
 
     def __enter__(self) -> Self:
+        gc.collect()
+        release_free_memory()
         self.base = self.peak = rss_bytes()
         if self.gpu:
             self.gpu_base = _gpu_used_bytes()

@@ -140,6 +140,11 @@ def run_benchmark(
     machine = probe_machine()
     threads = b.threads or usable_cores()
     notes: list[str] = []
+    if load_start and load_start[0] > usable_cores():
+        notes.append(
+            f"machine busy: load average {load_start[0]:.1f} on {usable_cores()} core(s) at the start; "
+            "absolute times are pessimistic, the per-round ratios hold"
+        )
     log.info(
         "benchmark of %s: %s on %s, %d thread(s), batch sizes %s, budget %.0f s",
         models.folder,

@@ -201,6 +201,9 @@ class Environment(_Strict):
     python: str
     load_average_start: list[float]
     load_average_end: list[float]
+    process_peak_rss_mb: float = Field(
+        description="ru_maxrss of the whole benchmark process: an upper bound for any one row"
+    )
     threading: dict[str, Any] = Field(
         description="OMP_WAIT_POLICY (and whether it was set before torch loaded), ORT spinning"
     )

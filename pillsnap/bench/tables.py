@@ -66,6 +66,7 @@ def environment_table(record: dict[str, Any]) -> pd.DataFrame:
         ("onnxruntime providers", ", ".join(env["onnxruntime_providers"])),
         ("openvino", env.get("openvino") or "not installed"),
         ("load average at start / end", f"{env['load_average_start']} / {env['load_average_end']}"),
+        ("process peak RSS (upper bound of any row)", f"{env['process_peak_rss_mb']:.0f} MB"),
         *(
             (name, env["libraries"][name])
             for name in ("torch", "onnxruntime", "onnxruntime-gpu", "openvino")
