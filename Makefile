@@ -16,7 +16,7 @@ LINTED := pillsnap tests benchmarks scripts notebooks
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[cpu,dev,serve]"
+	$(BIN)/pip install -q -e ".[cpu,dev,serve,openvino]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name pillsnap --display-name "Python (pillsnap)" >/dev/null
 	touch $(STAMP)
 
@@ -27,14 +27,14 @@ data: $(STAMP)
 
 demo: data
 	$(BIN)/pillsnap release --config $(DEMO_CONFIG)
-	@echo "Record: runs/latest/export.html, runs/latest/equivalence.html; report: runs/latest/export_report.json"
+	@echo "Record: runs/latest/export.html, runs/latest/equivalence.html, runs/latest/benchmark.html; report: runs/latest/export_report.json, runs/latest/benchmark.json"
 
 test: data lint
 	$(BIN)/python -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 	rm -rf runs/scratch
 
 lab: $(STAMP)
-	$(BIN)/pip install -q -e ".[cpu,dev,lab]"
+	$(BIN)/pip install -q -e ".[cpu,dev,openvino,lab]"
 	$(BIN)/jupyter lab --notebook-dir=. --no-browser
 
 lint: $(STAMP)

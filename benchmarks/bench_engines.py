@@ -1,16 +1,23 @@
-"""Throughput of Torch eager vs ONNX Runtime (CPU), and of the batched pipeline vs a per-crop loop.
+"""The engines side by side on this CPU, for the fixture and the production-size models.
 
-Not a test: run it by hand on an otherwise idle machine, e.g.
+A thin caller of ``pillsnap.bench`` (the timing, the rounds, the intervals are the
+benchmark stage's): it builds two release-like folders, runs ``run_benchmark`` on each
+and prints the ratios the README quotes. Not a test: run it on a machine as quiet as
+you can get, e.g.
 
-    python benchmarks/bench_engines.py                     # fixture + production sizes
-    python benchmarks/bench_engines.py --skip-production   # fixture only, ~30 s
+    python benchmarks/bench_engines.py                     # fixture + production sizes (~30 min on 2 cores)
+    python benchmarks/bench_engines.py --skip-production   # fixture only (~5 min)
+    python benchmarks/bench_engines.py --no-spinning       # ONNX Runtime without intra-op spinning
 
-Models: the embedded fixture (examples/synthetic) and the production architectures
-with random weights (timm efficientnetv2_s at 384 px with 5000 classes, Ultralytics
-YOLO11m at 640 px from yolo11m.yaml); random weights run exactly as fast as trained
-ones. Each model is exported with the project's exporter into a temporary folder.
-The pipeline rows use the synthetic validation photos (regenerate them with
-`pillsnap synth` when data/synthetic is missing).
+* fixture: the embedded demo models (examples/synthetic), exported with the project's
+  exporter, INT8 made by ``benchmarks/int8_models.py`` (static QDQ U8S8, per-channel,
+  calibrated on 16 real val inputs) -- accuracy and agreement on the fixed val subset;
+* production: timm efficientnetv2_s at 384 px with 5000 classes and Ultralytics YOLO11m at
+  640 px, random weights (they run exactly as fast as trained ones), INT8 calibrated on
+  random inputs: speed only, their accuracy means nothing.
+
+Every configuration runs with the same threads (``--threads``, default all cores). OpenVINO
+rows need the extra (``pip install 'pillsnap[openvino]'``); without it they say so.
 """
 
 from __future__ import annotations
@@ -20,55 +27,40 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+TAG = "20250101-000000-bench00"
+CPU_CONFIGS = [
+    "torch-cpu-fp32",
+    "ort-cpu-fp32",
+    "ort-cpu-int8",
+    "openvino-cpu",
+    "openvino-cpu-fp32",
+    "openvino-cpu-int8",
+]
+RATIOS = [  # (label, configuration, versus)
+    ("ORT fp32 / Torch", "ort-cpu-fp32", "torch-cpu-fp32"),
+    ("ORT INT8 / ORT fp32", "ort-cpu-int8", "ort-cpu-fp32"),
+    ("OpenVINO / ORT fp32", "openvino-cpu", "ort-cpu-fp32"),
+    ("ORT INT8 / OpenVINO", "ort-cpu-int8", "openvino-cpu"),
+    ("OV INT8 / OpenVINO", "openvino-cpu-int8", "openvino-cpu"),
+    ("OpenVINO / Torch", "openvino-cpu", "torch-cpu-fp32"),
+    ("OV f32 / ORT fp32", "openvino-cpu-fp32", "ort-cpu-fp32"),
+]
 
 
-def timed_pair(fns: dict, warmup: int, iterations: int) -> dict:
-    """Median seconds per call of several functions measured in turn, one call each per round.
+def fixture_release(cfg, folder: Path) -> Path:
+    from int8_models import calibration_batch, quantize_int8
 
-    The median resists the odd hiccup of a shared machine; interleaving gives every engine
-    the same share of whatever else the machine runs.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict = {name: [] for name in fns}
-    for _ in range(iterations):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    from pillsnap.models.export import export_models
 
-
-def bench_model(label: str, cfg, task: str, batch: int, args, out_dir: Path) -> dict:
-    from pillsnap.engines.runners import create_runner
-    from pillsnap.models.export import export_classification_onnx, export_detection_onnx
-
-    exporter = export_detection_onnx if task == "detection" else export_classification_onnx
-    start = time.perf_counter()
-    onnx_path = exporter(cfg, None, out_dir, tag=label.replace(" ", "_")).onnx_path
-    export_s = time.perf_counter() - start
-    size = cfg.detection.imgsz if task == "detection" else cfg.classification.crop_size
-    x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
-    row = {"model": label, "input": f"{batch}x3x{size}x{size}", "export_s": export_s}
-    with create_runner("torch", task, cfg) as t, create_runner("onnx", task, cfg, onnx_path) as o:
-        secs = timed_pair(
-            {"torch": lambda: t.infer(x), "onnx": lambda: o.infer(x)}, args.warmup, args.iterations
-        )
-    row.update({engine: batch / s for engine, s in secs.items()})
-    row["ratio"] = row["onnx"] / row["torch"]
-    print(
-        f"  {label}: torch {row['torch']:.2f} img/s, onnxruntime {row['onnx']:.2f} img/s "
-        f"({row['ratio']:.2f}x), export {export_s:.1f} s",
-        flush=True,
-    )
-    return row
+    for task, res in export_models(cfg, folder, TAG).items():
+        quantize_int8(Path(res.onnx_path), calibration_batch(cfg, task, 16), task)
+    return folder
 
 
 def production_config(cfg, root: Path):
@@ -92,6 +84,10 @@ def production_config(cfg, root: Path):
             "classification.preprocessing.crop": None,
             "detection.architecture": "yolo11m",
             "detection.imgsz": 640,
+            # no val data for these classes: seeded random inputs, no accuracy or pipeline rows
+            "benchmark.accuracy_images": 0,
+            "benchmark.accuracy_photos": 0,
+            "benchmark.pipeline_photos": 0,
         },
     )
     ckpts = root / "checkpoints"
@@ -106,144 +102,117 @@ def production_config(cfg, root: Path):
     return prod
 
 
-def val_photos(cfg, pattern: str | None, count: int) -> list[Path]:
-    import yaml
+def production_release(prod, folder: Path) -> Path:
+    from int8_models import quantize_int8
 
-    if pattern:
-        from pillsnap.infer import expand_inputs
+    from pillsnap.models.export import export_models
 
-        return expand_inputs(pattern)[:count]
-    data = cfg.paths.detection_data
-    if data is None or not Path(data).exists():
-        sys.exit(
-            f"no synthetic val photos ({data}): run `pillsnap synth` first or pass --photos GLOB"
-        )
-    spec = yaml.safe_load(Path(data).read_text())
-    folder = Path(spec.get("path") or Path(data).parent) / spec["val"]
-    return sorted(folder.glob("*.jpg"))[:count]
+    rng = np.random.default_rng(0)
+    for task, res in export_models(prod, folder, TAG).items():
+        size = prod.detection.imgsz if task == "detection" else prod.classification.crop_size
+        quantize_int8(Path(res.onnx_path), rng.random((8, 3, size, size), np.float32), task)
+    return folder
 
 
-def bench_pipeline(cfg, engine: str, models: tuple, photos: list[Path], args) -> list[dict]:
-    from pillsnap.pipeline import Pipeline
-    from pillsnap.preprocess import load_image
+def ratio_lines(label: str, record: dict) -> list[str]:
+    from pillsnap.bench.stats import find_ratio
+    from pillsnap.bench.tables import interval_text
 
-    images = [
-        load_image(p) for p in photos
-    ]  # decode once: the rows compare inference, not JPEG decoding
-    rows = []
-    with Pipeline.from_config(cfg, engine, *models, batch_size=args.batch) as pipe:
-        pills = sum(len(r) for r in pipe.predict(images))  # warm-up, and the pill count
-        secs = timed_pair(
-            {
-                "batched": lambda: pipe.predict(images, batch_size=args.batch),
-                "per-crop loop": lambda: pipe.predict(images, batch_size=1),
-            },
-            0,
-            max(1, args.iterations // 2),
-        )
-        for mode, seconds in secs.items():
-            rows.append(
-                {
-                    "engine": engine,
-                    "mode": mode,
-                    "images": len(images),
-                    "pills": pills,
-                    "s": seconds,
-                    "img_s": len(images) / seconds,
-                }
-            )
-    rows[0]["speedup"], rows[1]["speedup"] = rows[0]["img_s"] / rows[1]["img_s"], 1.0
-    print(
-        f"  pipeline {engine}: batched {rows[0]['img_s']:.2f} img/s vs per-crop loop {rows[1]['img_s']:.2f} img/s "
-        f"({rows[0]['speedup']:.2f}x, {rows[0]['pills']} pills)",
-        flush=True,
-    )
-    return rows
-
-
-def print_tables(model_rows: list[dict], pipe_rows: list[dict]) -> None:
-    print("\n| model | input | torch eager img/s | ORT CPU img/s | ORT / torch |")
-    print("|---|---|---:|---:|---:|")
-    for r in model_rows:
-        print(
-            f"| {r['model']} | {r['input']} | {r['torch']:.2f} | {r['onnx']:.2f} | {r['ratio']:.2f}x |"
-        )
-    if pipe_rows:
-        print("\n| pipeline engine | mode | photos | pills | seconds | img/s | speedup |")
-        print("|---|---|---:|---:|---:|---:|---:|")
-        for r in pipe_rows:
-            print(
-                f"| {r['engine']} | {r['mode']} | {r['images']} | {r['pills']} | {r['s']:.2f} | {r['img_s']:.2f} "
-                f"| {r['speedup']:.2f}x |"
-            )
+    lines = [
+        f"\n{label}: per-round speed-up ratios, median over rounds [95% bootstrap interval]",
+        "| model | batch | rounds | " + " | ".join(r[0] for r in RATIOS) + " |",
+        "|---|---:|---:|" + "---:|" * len(RATIOS),
+    ]
+    for task in record["settings"]["models"]:
+        for batch in record["settings"]["batch_sizes"]:
+            cells = []
+            rounds = len(record["round_orders"].get(f"{task}@{batch}", []))
+            for _, name, versus in RATIOS:
+                iv = find_ratio(record["ratios"], task, batch, name, versus)
+                cells.append(interval_text(iv, "x", 3) if iv else "-")
+            lines.append(f"| {task} | {batch} | {rounds} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path, default=ROOT / "examples" / "synthetic" / "config.yaml")
+    p.add_argument("--skip-production", action="store_true", help="fixture models only")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--min-seconds", type=float, default=1.0, help="per configuration and round")
+    p.add_argument("--batch", default="1,8")
+    p.add_argument("--threads", type=int, default=0, help="0 = all usable cores")
+    p.add_argument("--no-spinning", action="store_true", help="ONNX Runtime allow_spinning=0")
     p.add_argument(
-        "--photos", help="photo glob for the pipeline rows (default: the synthetic val split)"
+        "--out", type=Path, help="folder for the benchmark.json records (default: temporary)"
     )
-    p.add_argument("--photo-count", type=int, default=24)
-    p.add_argument("--batch", type=int, default=16, help="pipeline batch (images and crops)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--iterations", type=int, default=4)
-    p.add_argument("--skip-production", action="store_true", help="fixture sizes only")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    import torch
+    from pillsnap.bench import run_benchmark
+    from pillsnap.bench.tables import goal_text, results_table, text_table
+    from pillsnap.config import apply_overrides, load_config
 
-    from pillsnap.config import load_config
-
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; onnxruntime CPUExecutionProvider, "
-        f"ORT_ENABLE_ALL, threads auto; load average at start {_load()}",
-        flush=True,
-    )
-    model_rows, pipe_rows = [], []
+    overrides = {
+        "benchmark.configurations": CPU_CONFIGS,
+        "benchmark.batch_sizes": [int(b) for b in args.batch.split(",")],
+        "benchmark.rounds": args.rounds,
+        "benchmark.min_calls": 1,
+        "benchmark.min_seconds": args.min_seconds,
+        "benchmark.warmup_calls": 2,
+        "benchmark.warmup_seconds": 1.0,
+        "benchmark.max_seconds": 7200,
+        "benchmark.accuracy_images": 200,
+        "benchmark.accuracy_photos": 24,
+        "benchmark.pipeline_photos": 16,
+        "benchmark.threads": args.threads,
+        "benchmark.ort_spinning": not args.no_spinning,
+    }
+    print(f"load average at start {os.getloadavg()} on {os.cpu_count()} CPUs", flush=True)
     with tempfile.TemporaryDirectory(prefix="pillsnap-bench-") as tmp:
-        tmp = Path(tmp)
-        cfg = load_config(args.config, {"paths.out_dir": str(tmp / "runs")})
-        for task in ("classification", "detection"):
-            cfg.checkpoint_path(task)  # fail early, naming the missing fixture checkpoint
-        fixture_onnx = {}
-        for label, task, batch in (
-            ("classifier fixture", "classification", 16),
-            ("detector fixture", "detection", 4),
-        ):
-            model_rows.append(bench_model(label, cfg, task, batch, args, tmp / "runs"))
-            fixture_onnx[task] = tmp / "runs" / f"{task}-{label.replace(' ', '_')}.onnx"
-        if not args.skip_production:
-            prod = production_config(cfg, tmp / "prod")
-            model_rows.append(
-                bench_model(
-                    "classifier efficientnetv2_s 5000 cls",
-                    prod,
-                    "classification",
-                    4,
-                    args,
-                    tmp / "runs",
-                )
-            )
-            model_rows.append(
-                bench_model("detector yolo11m", prod, "detection", 1, args, tmp / "runs")
-            )
-        photos = val_photos(cfg, args.photos, args.photo_count)
-        pipe_rows += bench_pipeline(
-            cfg, "onnx", (fixture_onnx["detection"], fixture_onnx["classification"]), photos, args
+        out = args.out or Path(tmp) / "records"
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = apply_overrides(
+            load_config(args.config, {"paths.out_dir": str(Path(tmp) / "runs")}), overrides
         )
-        pipe_rows += bench_pipeline(cfg, "torch", (None, None), photos, args)
-    print_tables(model_rows, pipe_rows)
-    print(
-        f"\nload average at the end: {_load()} on {os.cpu_count()} CPUs (includes this run itself; a start "
-        f"load above ~0.5 means other work competed and the figures are pessimistic)"
-    )
+        jobs = [("fixture", cfg, fixture_release(cfg, Path(tmp) / "fixture" / TAG))]
+        if not args.skip_production:
+            prod = production_config(cfg, Path(tmp) / "prod")
+            jobs.append(
+                ("production", prod, production_release(prod, Path(tmp) / "production" / TAG))
+            )
+        for label, job_cfg, folder in jobs:
+            print(
+                f"\n=== {label}: {job_cfg.classification.backbone} / {job_cfg.detection.architecture}",
+                flush=True,
+            )
+            result = run_benchmark(job_cfg, folder, out / f"{label}.json", progress=False)
+            record = result.record
+            env = record["environment"]
+            print(
+                f"{env['cpu']['model']}, {record['settings']['threads']} threads, int8 class "
+                f"{env['cpu']['int8_class']}, OMP_WAIT_POLICY={env['threading']['OMP_WAIT_POLICY']}, "
+                f"ORT spinning {env['threading']['ort_intra_op_spinning']}, load {env['load_average_start']} -> "
+                f"{env['load_average_end']}, {record['budget']['used_s']:.0f} s"
+            )
+            cols = [
+                "model",
+                "configuration",
+                "batch",
+                "ms/batch (median [95% CI])",
+                "img/s",
+                "noisy",
+                "accuracy",
+                "agreement",
+                "reason",
+            ]
+            print(text_table(results_table(record), cols))
+            print("\n".join(ratio_lines(label, record)))
+            print(goal_text(record))
+            for note in record["budget"]["notes"]:
+                print("note:", note)
+            print(f"record: {result.path}", flush=True)
     return 0
-
-
-def _load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 if __name__ == "__main__":

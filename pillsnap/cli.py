@@ -24,6 +24,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "release": ("pillsnap.release.cli", "run the papermill release; verify / diff releases"),
     "quantize": ("pillsnap.quantize.cli", "static INT8 (QDQ) models, gated against float32"),
     "serve": ("pillsnap.serve.cli", "HTTP API over a verified release (FastAPI + uvicorn)"),
+    "bench": (
+        "pillsnap.bench.cli",
+        "benchmark every engine / provider of a release, with accuracy",
+    ),
 }
 
 

@@ -2,9 +2,11 @@
 
 Compares the manifests and ``export_report.json`` of two release folders:
 verdicts, git state, every scalar of the report (parity metrics, params, opset,
-...), ONNX sizes, library versions, config values, stage results and the INT8 stage
-(``quantization.json``: verdict, recipe, layers kept float, speedup, int8 gate values). Release
-tags inside values (file names, paths) are replaced by ``<tag>`` first, so only
+...), ONNX sizes, library versions, config values, stage results, the INT8 stage
+(``quantization.json``: verdict, recipe, layers kept float, speedup, int8 gate values) and the
+speed the benchmark stage measured: a latency is "slower" or "faster" only when the two
+releases' 95 % intervals do not overlap (else "same"), so load noise never reads as a
+change. Release tags inside values (file names, paths) are replaced by ``<tag>`` first, so only
 real changes show.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 
 from pillsnap.release.manifest import REPORT_NAME, read_manifest
 
-_SKIP_REPORT_KEYS = ("_at_utc", "sha256", "timing", "git_sha", "elapsed")
+_SKIP_REPORT_KEYS = ("_at_utc", "sha256", "timing", "git_sha", "elapsed", "benchmark")
 """Keys that differ between any two runs (times, hashes of files that embed the tag): not changes."""
 _MAX_VALUE_CHARS = 60
 
@@ -29,9 +31,13 @@ class DiffRow:
     key: str
     a: Any
     b: Any
+    verdict: str | None = None
+    """Speed rows only: slower / faster (intervals apart), same (they overlap), added, removed."""
 
     @property
     def changed(self) -> bool:
+        if self.verdict is not None:
+            return self.verdict not in ("same", "no interval")
         return self.a != self.b
 
 
@@ -53,7 +59,7 @@ def diff_releases(a: str | Path, b: str | Path) -> list[DiffRow]:
     for section, left, right in sections:
         for key in sorted(set(left) | set(right), key=_natural):
             rows.append(DiffRow(section, key, left.get(key), right.get(key)))
-    return rows
+    return rows + speed_rows(_read_report(a), _read_report(b))
 
 
 def format_diff(rows: list[DiffRow], a_name: str, b_name: str, only_changed: bool = True) -> str:
@@ -62,7 +68,8 @@ def format_diff(rows: list[DiffRow], a_name: str, b_name: str, only_changed: boo
     if not shown:
         return f"no differences between {a_name} and {b_name} ({len(rows)} values compared)"
     table = [("section", "key", a_name, b_name)] + [
-        (r.section, r.key, _fmt(r.a), _fmt(r.b)) for r in shown
+        (r.section, r.key, _fmt(r.a), _fmt(r.b) + (f"  {r.verdict}" if r.verdict else ""))
+        for r in shown
     ]
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
@@ -167,3 +174,48 @@ def _fmt(value: Any) -> str:
 
 def _natural(key: str) -> tuple[str, ...]:
     return tuple(key.split("."))
+
+
+def speed_verdict(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
+    """``b``'s latency interval against ``a``'s: slower / faster only when they do not overlap."""
+    if a is None or b is None:
+        return "added" if a is None else "removed"
+    if None in (a.get("low"), a.get("high"), b.get("low"), b.get("high")):
+        return "no interval"
+    if b["low"] > a["high"]:
+        return f"slower (+{(b['median'] / a['median'] - 1) * 100:.0f}%)"
+    if b["high"] < a["low"]:
+        return f"faster ({(b['median'] / a['median'] - 1) * 100:.0f}%)"
+    return "same"
+
+
+def speed_rows(ra: dict[str, Any], rb: dict[str, Any]) -> list[DiffRow]:
+    """Latency per model x configuration x batch, and the pipeline per photo, of two reports."""
+
+    def figures(report: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
+        bench = report.get("benchmark") or {}
+        found = {
+            f"{s['model']}.{s['configuration']}.batch{s['batch']}": (s["latency_ms"], "ms")
+            for s in bench.get("speed", [])
+        }
+        for name, iv in bench.get("pipeline_ms_per_photo", {}).items():
+            found[f"pipeline.{name}"] = (iv, "ms/photo")
+        return found
+
+    left, right = figures(ra), figures(rb)
+    out = []
+    for key in sorted(set(left) | set(right), key=_natural):
+        (ia, unit), ib = left.get(key, (None, "")), right.get(key, (None, ""))[0]
+        unit = unit or right[key][1]
+        out.append(
+            DiffRow("speed", key, _interval(ia, unit), _interval(ib, unit), speed_verdict(ia, ib))
+        )
+    return out
+
+
+def _interval(iv: dict[str, Any] | None, unit: str) -> str | None:
+    if not iv or iv.get("median") is None:
+        return None
+    if iv.get("low") is None or iv.get("high") is None:
+        return f"{iv['median']:.4g} {unit}"
+    return f"{iv['median']:.4g} {unit} [{iv['low']:.4g}, {iv['high']:.4g}]"

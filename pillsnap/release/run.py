@@ -298,7 +298,11 @@ def check_release_outputs(folder: Path, tag: str) -> str | None:
     failed = report_failures(data)
     if failed:
         return f"{REPORT_NAME} records a failed comparison: " + "; ".join(failed)
-    return compared_files_unchanged(folder, tag, data) or int8_files_consistent(folder, tag)
+    return (
+        compared_files_unchanged(folder, tag, data)
+        or int8_files_consistent(folder, tag)
+        or check_benchmark_record(folder)
+    )
 
 
 def int8_files_consistent(folder: Path, tag: str) -> str | None:
@@ -379,3 +383,32 @@ def ensure_not_failed(outcome: ReleaseOutcome) -> ReleaseOutcome:
             f"release {outcome.tag} failed: {outcome.failure}; record kept at {outcome.path}"
         )
     return outcome
+
+
+BENCHMARK_NAME = "benchmark.json"
+BENCHMARK_SCHEMA = Path(__file__).parents[1] / "schemas" / "benchmark.schema.json"
+
+
+def check_benchmark_record(folder: Path) -> str | None:
+    """A ``benchmark.json`` written by the benchmark stage must match its committed JSON Schema.
+
+    Validated with ``jsonschema`` against ``pillsnap/schemas/benchmark.schema.json`` (generated
+    from ``pillsnap.bench.schema``), so the driver checks the record without running a model.
+    """
+    path = folder / BENCHMARK_NAME
+    if not path.is_file():
+        return None
+    import jsonschema
+
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        return f"{BENCHMARK_NAME} is not readable JSON: {exc}"
+    validator = jsonschema.Draft202012Validator(json.loads(BENCHMARK_SCHEMA.read_text()))
+    problems = [
+        f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
+        for e in validator.iter_errors(data)
+    ]
+    if problems:
+        return f"{BENCHMARK_NAME} does not match its schema: " + "; ".join(problems[:5])
+    return None

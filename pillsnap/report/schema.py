@@ -293,6 +293,43 @@ class ExportReport(_Strict):
         description="per-layer Torch/ONNX localisation per model: on a failed classification or "
         "detection gate, or with compare.localise=always; absent when it did not run",
     )
+    benchmark: BenchmarkSummary | None = Field(
+        None, description="speed summary written by the benchmark stage (benchmark.ipynb)"
+    )
+
+
+class BenchmarkInterval(_Strict):
+    median: float | None
+    low: float | None
+    high: float | None
+
+
+class BenchmarkSpeed(_Strict):
+    model: Literal["detection", "classification"]
+    configuration: str
+    batch: int
+    latency_ms: BenchmarkInterval = Field(
+        description="median over rounds of the per-round median latency, bootstrap 95 % bounds"
+    )
+    images_per_s: float | None
+    noisy: bool
+
+
+class BenchmarkSummary(_Strict):
+    """What ``benchmark.ipynb`` measured (the full record is ``benchmark.json``)."""
+
+    file: str
+    benchmarked_at_utc: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+    failed: bool
+    failure_reason: str | None
+    threads: int
+    cpu: str
+    int8_class: str
+    ran: list[str]
+    unavailable: dict[str, str] = Field(description="configuration -> why it did not run")
+    speed: list[BenchmarkSpeed]
+    pipeline_ms_per_photo: dict[str, BenchmarkInterval]
+    goal_met: bool | None
 
 
 # -- helpers -----------------------------------------------------------------------------------
