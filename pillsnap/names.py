@@ -26,6 +26,14 @@ MANIFEST_NAME = "manifest.json"
 SCRATCH = "scratch"
 RECORD_SUFFIXES = (".partial", ".failed", ".aborted")
 RESERVED_NAMES = (LATEST, SCRATCH)
+INT8_SUFFIX = ".int8.onnx"
+
+
+def model_file_name(task: str, tag: str, int8: bool = False) -> str:
+    """A release's model file: ``<task>-<tag>.onnx``, or ``<task>-<tag>.int8.onnx`` (spec E-1)."""
+    return f"{task}-{tag}{INT8_SUFFIX if int8 else '.onnx'}"
+
+
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _RECORD = re.compile(r".*\.(partial|failed|aborted)(-\d+)?", re.IGNORECASE)
 MAX_LENGTH = 128

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pillsnap.exceptions import MissingPathError
+from pillsnap.names import INT8_SUFFIX, model_file_name
 
 TASKS = ("detection", "classification")
-INT8_SUFFIX = ".int8.onnx"
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ReleaseModels:
 def _pick(folder: Path, task: str, tag: str, int8: bool) -> Path | None:
     suffix = INT8_SUFFIX if int8 else ".onnx"
     for candidate in (
-        folder / f"{task}-{tag}{suffix}" if tag else None,
+        folder / model_file_name(task, tag, int8) if tag else None,
         folder / f"{task}{suffix}",
     ):
         if candidate is not None and candidate.is_file():

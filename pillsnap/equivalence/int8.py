@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pillsnap.exceptions import UserInputError
+from pillsnap.names import INT8_SUFFIX
 
 if TYPE_CHECKING:
     from pillsnap.config import Config
     from pillsnap.models.common import ExportResult
 
 log = logging.getLogger(__name__)
-INT8_SUFFIX = ".int8.onnx"
 CLIPPED_SHARE = 0.01
 """Share of input values outside the input quantizer's range above which calibration is suspect."""
 NARROW_RANGE = 0.5

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pillsnap.exceptions import MissingPathError, UserInputError
+from pillsnap.names import model_file_name
 
 if TYPE_CHECKING:
     from pillsnap.config import Config
@@ -41,7 +42,7 @@ RECORD_FORMAT = "pillsnap-quantization-v1"
 
 def int8_name(task: str, tag: str) -> str:
     """``detection-<tag>.int8.onnx`` / ``classification-<tag>.int8.onnx``."""
-    return f"{task}-{tag}.int8.onnx"
+    return model_file_name(task, tag, int8=True)
 
 
 @dataclass
@@ -71,7 +72,7 @@ def find_float_models(folder: Path, tag: str, tasks: list[str]) -> dict[str, Pat
     """The release's float32 ONNX file of each task (``<task>-<tag>.onnx``, else the only one)."""
     found: dict[str, Path] = {}
     for task in tasks:
-        exact = folder / f"{task}-{tag}.onnx"
+        exact = folder / model_file_name(task, tag)
         if tag and exact.is_file():
             found[task] = exact
             continue

@@ -36,7 +36,7 @@ def test_a_finished_release_is_never_modified(tmp_path, capsys):
 @pytest.mark.slow
 def test_required_false_ships_without_int8_and_says_so(demo, tmp_path, capsys):
     from pillsnap.cli import main
-    from pillsnap.release.run import int8_files_consistent
+    from pillsnap.release.outputs import int8_files_consistent
 
     folder = tmp_path / "release"
     float_path = copy_float(demo[1], "classification", folder)
