@@ -27,7 +27,7 @@ data: $(STAMP)
 
 demo: data
 	$(BIN)/pillsnap release --config $(DEMO_CONFIG)
-	@echo "Record: runs/latest/export.html, runs/latest/equivalence.html, runs/latest/benchmark.html; report: runs/latest/export_report.json, runs/latest/benchmark.json"
+	@echo "Record: runs/latest/{export,equivalence,quantization,benchmark}.html; report: runs/latest/export_report.json, runs/latest/quantization.json, runs/latest/benchmark.json"
 
 test: data lint
 	$(BIN)/python -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider

@@ -138,3 +138,23 @@ def test_no_module_is_long_without_a_reason():
     assert not long, "split these, or say at the top why not ('Longer than ...'):\n" + "\n".join(
         long
     )
+
+
+def test_every_module_imports():
+    """A moved name fails here, not at the first run that happens to import it."""
+    import importlib
+
+    names = sorted(
+        ".".join(("pillsnap", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(
+            ".__init__"
+        )
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "__main__.py"
+    )
+    failed = {}
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - collect every broken module at once
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    assert len(names) > 100 and not failed, failed

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pillsnap.names import model_file_name
-from pillsnap.release.manifest import REPORT_NAME, TASKS
+from pillsnap.release.manifest import REPORT_NAME
+from pillsnap.release.promote import TASKS
 
 QUANTIZATION_RECORD = "quantization.json"
 
