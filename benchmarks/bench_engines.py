@@ -10,8 +10,8 @@ you can get, e.g.
     python benchmarks/bench_engines.py --no-spinning       # ONNX Runtime without intra-op spinning
 
 * fixture: the embedded demo models (examples/synthetic), exported with the project's
-  exporter, INT8 made by ``benchmarks/int8_models.py`` (static QDQ U8S8, per-channel,
-  calibrated on 16 real val inputs) -- accuracy and agreement on the fixed val subset;
+  exporter, INT8 made by ``benchmarks/int8_models.py`` (the product's ``minmax_pc_u8``
+  recipe and known exclusions: static QDQ U8S8, per-channel, calibrated on 16 real val inputs) -- accuracy and agreement on the fixed val subset;
 * production: timm efficientnetv2_s at 384 px with 5000 classes and Ultralytics YOLO11m at
   640 px, random weights (they run exactly as fast as trained ones), INT8 calibrated on
   random inputs: speed only, their accuracy means nothing.
@@ -59,7 +59,7 @@ def fixture_release(cfg, folder: Path) -> Path:
     from pillsnap.models.export import export_models
 
     for task, res in export_models(cfg, folder, TAG).items():
-        quantize_int8(Path(res.onnx_path), calibration_batch(cfg, task, 16), task)
+        quantize_int8(Path(res.onnx_path), calibration_batch(cfg, task, 16), task, cfg=cfg)
     return folder
 
 
@@ -110,7 +110,9 @@ def production_release(prod, folder: Path) -> Path:
     rng = np.random.default_rng(0)
     for task, res in export_models(prod, folder, TAG).items():
         size = prod.detection.imgsz if task == "detection" else prod.classification.crop_size
-        quantize_int8(Path(res.onnx_path), rng.random((8, 3, size, size), np.float32), task)
+        quantize_int8(
+            Path(res.onnx_path), rng.random((8, 3, size, size), np.float32), task, cfg=prod
+        )
     return folder
 
 

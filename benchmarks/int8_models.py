@@ -1,22 +1,28 @@
 """INT8 models for the benchmark's tests and measurements, made like a quantized release's.
 
-Not the product's quantization (that is the quantize stage's, in ``pillsnap/quantize/``):
-a plain ONNX Runtime static quantization -- its pre-processing, then QDQ, per-channel
-weights, U8 activations (U8S8: the faster kernels on this project's CPU), MinMax on real
-preprocessed data --
-written next to the float32 file as ``<task>-<tag>.int8.onnx``, the release naming, so
-``pillsnap.bench`` finds it. The detector's decode (DFL softmax, box arithmetic, the
-final concat of pixel boxes with 0-1 scores) stays float: one shared scale for both
-would erase the scores.
+Uses the product's recipe functions (``pillsnap/quantize/``) without the quantize stage's
+gate and exclusion search: ``preprocess_model`` (ONNX Runtime's pre-processing), the known
+exclusions of ``quantize`` (``known_exclusions``: shape arithmetic; the detector's decode --
+DFL softmax, box arithmetic, final Sigmoid and the concat of pixel boxes with 0-1 scores,
+where one shared scale would erase the scores), then ``quantize_model`` with the
+``minmax_pc_u8`` preset: QDQ, per-channel weights, U8 activations (U8S8: the faster kernels
+on this project's CPU), MinMax, ``reduce_range`` from this CPU's flags. Calibration is
+in-memory inputs (real preprocessed val inputs for the fixture, seeded random ones for the
+production-size models) fed through ``CalibrationReader.from_arrays``. The result is written
+next to the float32 file as ``<task>-<tag>.int8.onnx``, the release naming, so
+``pillsnap.bench`` finds it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pillsnap.config import Config
 
 
 def calibration_batch(cfg, task: str, count: int = 16) -> np.ndarray:
@@ -43,68 +49,44 @@ def calibration_batch(cfg, task: str, count: int = 16) -> np.ndarray:
     return letterbox_batch([load_image(p) for p in paths], cfg.detection.imgsz)[0]
 
 
-def _pre_process(fp32: Path, out: Path) -> Path:
-    """ONNX Runtime's quantization pre-processing (graph optimisation, shapes) -- its recipe.
+def quantize_int8(
+    fp32: Path,
+    data: np.ndarray,
+    task: str,
+    out: Path | None = None,
+    cfg: Config | None = None,
+) -> Path:
+    """Static QDQ U8S8 per-channel MinMax INT8 of ``fp32`` (``<task>-<tag>.int8.onnx`` beside it).
 
-    Measured on the production classifier (benchmarks/bench_engines.py, 5 rounds): INT8 made
-    from the raw export ran at x0.5-0.65 of float32, made from the pre-processed graph at
-    x1.8-2.1. The detector's dynamic head defeats symbolic shape inference: ONNX shape
-    inference alone then.
+    The product's pre-processing, known exclusions (from ``cfg.quantize``; defaults when
+    ``cfg`` is None) and ``quantize_model`` with the ``minmax_pc_u8`` preset; no gate, no
+    search. ``data`` is ``[N,3,H,W]`` float32 inputs, already through the one preprocessing.
     """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    try:
-        quant_pre_process(str(fp32), str(out))
-    except Exception:  # noqa: BLE001 - "Incomplete symbolic shape inference" on the YOLO head
-        quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
-    return out
-
-
-def quantize_int8(fp32: Path, data: np.ndarray, task: str, out: Path | None = None) -> Path:
-    """Static QDQ U8S8 per-channel INT8 of ``fp32`` (``<task>-<tag>.int8.onnx`` beside it)."""
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
 
-    fp32 = Path(fp32)
-    out = (out or fp32.with_name(fp32.name.removesuffix(".onnx") + ".int8.onnx")).resolve()
-    # quantize_static leaves scratch files (shape inference, external data) in the cwd
-    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
-        source = _pre_process(fp32.resolve(), Path(tmp) / "pre.onnx")
-        graph = onnx.load(str(source), load_external_data=False).graph
-        name, exclude = graph.input[0].name, []
-        if task == "detection":
-            head = max(
-                (n.name.split("/")[1] for n in graph.node if n.name.startswith("/model.")),
-                key=lambda s: int(s.split(".")[1]),
-            )
-            exclude = [
-                n.name
-                for n in graph.node
-                if n.name.startswith(f"/{head}/") and (n.op_type != "Conv" or "/dfl/" in n.name)
-            ]
+    from pillsnap.config import Config
+    from pillsnap.config.quantize import RECIPE_PRESETS
+    from pillsnap.quantize.calibrate import CalibrationReader
+    from pillsnap.quantize.exclusions import known_exclusions
+    from pillsnap.quantize.recipes import cpu_record, preprocess_model, quantize_model
 
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.items = iter([{name: x[None]} for x in data])
-
-            def get_next(self) -> dict | None:
-                return next(self.items, None)
-
-        quantize_static(
-            str(source),
-            str(out),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=exclude,
+    cfg = cfg or Config()
+    fp32 = Path(fp32).resolve()
+    out = Path(out or fp32.with_name(fp32.name.removesuffix(".onnx") + ".int8.onnx")).resolve()
+    with tempfile.TemporaryDirectory(prefix="pillsnap-bench-int8-") as tmp:
+        pre = preprocess_model(fp32, Path(tmp) / f"{task}.pre.onnx")
+        model = onnx.load(str(pre), load_external_data=False)
+        excluded = [e.node for e in known_exclusions(cfg, task, model)]
+        reader = CalibrationReader.from_arrays(
+            data, model.graph.input[0].name, cfg.quantize.calibration_batch_size
+        )
+        quantize_model(
+            pre,
+            out,
+            RECIPE_PRESETS["minmax_pc_u8"],
+            cpu_record(),
+            reader,
+            Path(tmp) / f"{task}-calibration.json",
+            excluded,
         )
     return out

@@ -12,6 +12,8 @@
   decoded batch by batch, so calibration sees exactly what every engine is fed. It
   also keeps per-channel statistics of what it fed, which the diagnosis compares with
   the gate's inputs when INT8 fails (wrong colour order or normalisation shows there).
+  ``CalibrationReader.from_arrays`` serves inputs already preprocessed in memory (the
+  benchmark's INT8 models, ``benchmarks/int8_models.py``) through the same protocol.
 """
 
 from __future__ import annotations
@@ -189,6 +191,25 @@ class CalibrationReader:
         self._seen: set[int] = set()
         self._sum = self._sq = self._min = self._max = None
         self._count = self._images = 0
+
+    @classmethod
+    def from_arrays(
+        cls, arrays: np.ndarray, input_name: str, batch_size: int = 8
+    ) -> CalibrationReader:
+        """A reader over inputs already preprocessed in memory (``[N,3,H,W]`` float32).
+
+        For callers with no image files to draw from (the benchmark's production-size
+        models are calibrated on seeded random inputs); batching, ``rewind``, ``skipped``
+        and ``stats`` are the file reader's. ``paths`` are placeholders, ``array[i]``.
+        """
+        arrays = np.asarray(arrays, dtype=np.float32)
+        if arrays.ndim != 4 or not len(arrays):
+            raise DataError(
+                f"calibration arrays: expected [N,3,H,W] inputs with N >= 1, got {arrays.shape}"
+            )
+        names = [Path(f"array[{i}]") for i in range(len(arrays))]
+        index = {p: i for i, p in enumerate(names)}
+        return cls(names, input_name, lambda p: arrays[index[p]], batch_size)
 
     def __len__(self) -> int:
         return (len(self.paths) + self.batch_size - 1) // self.batch_size

@@ -1,8 +1,9 @@
 """run_benchmark on the fixture release with tiny budgets: every row has figures or a reason.
 
 The release folder holds the exported fixture models, an INT8 classifier made the way the
-quantize stage names it (``classification-<tag>.int8.onnx``, static QDQ calibrated on
-real crops, ``benchmarks/int8_models.py``) and a schema-valid ``export_report.json``.
+quantize stage names it (``classification-<tag>.int8.onnx``, the product's recipe functions
+calibrated on real crops, ``benchmarks/int8_models.py``) and a schema-valid
+``export_report.json``.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def release(tmp_path_factory):
     for res in exports.values():
         shutil.copy(res.onnx_path, folder)
     fp32 = folder / f"classification-{TAG}.onnx"
-    quantize_int8(fp32, calibration_batch(cfg, "classification", 16), "classification")
+    quantize_int8(fp32, calibration_batch(cfg, "classification", 16), "classification", cfg=cfg)
     (folder / "export_report.json").write_text(json.dumps(example_report()))
     return apply_overrides(cfg, TINY), folder
 

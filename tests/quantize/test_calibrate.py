@@ -10,6 +10,7 @@ import pytest
 from _demo_release import DEMO, _val_data, demo_available
 
 from pillsnap.config import apply_overrides, load_config
+from pillsnap.exceptions import DataError
 from pillsnap.preprocess import PreprocessSpec, letterbox_batch, load_image, preprocess
 from pillsnap.quantize import calibrate
 
@@ -84,3 +85,18 @@ def test_a_train_split_is_used_when_present_and_nothing_is_reserved(demo_cfg, tm
     val_cfg = apply_overrides(cfg, {"quantize.calibration_split": "val"})
     cal = calibrate.calibration_set(val_cfg, "classification")
     assert cal.reserved == frozenset(cal.paths)  # val images calibrated on are left out of the gate
+
+
+def test_array_reader_batches_rewinds_and_describes_in_memory_inputs():
+    data = np.random.default_rng(0).random((5, 3, 4, 4), np.float32)
+    reader = calibrate.CalibrationReader.from_arrays(data, "images", batch_size=2)
+    batches = list(reader)
+    assert [b["images"].shape[0] for b in batches] == [2, 2, 1] and len(reader) == 3
+    assert np.array_equal(np.concatenate([b["images"] for b in batches]), data)
+    reader.rewind()
+    assert np.array_equal(reader.get_next()["images"], data[:2])  # one reader, every method
+    assert reader.skipped == [] and len(reader.paths) == 5
+    stats = reader.stats()
+    assert stats["images"] == 5 and np.allclose(stats["mean"], data.mean(axis=(0, 2, 3)), atol=1e-4)
+    with pytest.raises(DataError, match=r"\[N,3,H,W\]"):
+        calibrate.CalibrationReader.from_arrays(data[0], "images")
