@@ -28,19 +28,9 @@ if ! [[ "$OPSET" =~ ^[0-9]+$ ]]; then
   exit 2
 fi
 
-# Pre-check (the preflight `pillsnap release` itself runs first): both checkpoints load
+# `pillsnap release` runs the preflight before anything is written: both checkpoints load
 # weights-only into the configured models, the class map fits, the val data is readable,
-# the output folder can be written. Paths come from the config, never hard-coded.
-status=0
-"$PYTHON" -m pillsnap.release preflight --config "$CONFIG" "$@" || status=$?
-if [[ "$status" -ne 0 ]]; then
-  echo "[ERROR] preflight refused the release (exit $status); nothing was written. Fix the config ($CONFIG) as named above." >&2
-  [[ "$status" -eq 2 ]] && exit 2
-  exit 1
-fi
-
-# The driver prints "[OK] Exported: ...", "Report: ..." on success and the failed
-# record's path on failure; its exit code is ours.
+# the output folder can be written (exit 2). Paths come from the config, never hard-coded.
 status=0
 "$PYTHON" -m pillsnap.cli release --config "$CONFIG" --opset "$OPSET" "$@" || status=$?
 if [[ "$status" -ne 0 ]]; then

@@ -12,6 +12,8 @@ pre-processing), found by the preflight before anything is exported or written.
 folder (``manifest.json``), anything inside it, ``latest`` and the ``.partial`` /
 ``.failed`` / ``.aborted`` names are refused. Without ``--out-dir``, ONNX files from
 a release folder write their report into ``{paths.out_dir}/scratch/compare-<tag>/``.
+An earlier comparison in the output folder (``export_report.json``, ``equivalence/``) is
+never replaced silently: ``--force`` replaces it, or choose another ``--out-dir``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="new (or scratch) folder for the report and exports; release folders are refused",
     )
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an earlier comparison (export_report.json, equivalence/) in the output folder",
+    )
+    p.add_argument(
         "--quiet",
         action="store_true",
         help="no progress bars or progress log: only warnings and the final summary",
@@ -81,6 +88,19 @@ def default_out_dir(cfg: Config, onnx: dict[str, Path], tag: str) -> Path:
         scratch,
     )
     return scratch
+
+
+def refuse_earlier_comparison(out_dir: Path, force: bool) -> None:
+    """An earlier report (or its per-sample data) in ``out_dir`` stays unless ``--force``."""
+    from pillsnap.equivalence.store import FOLDER, REPORT_NAME
+    from pillsnap.exceptions import UserInputError
+
+    earlier = [p.name for p in (out_dir / REPORT_NAME, out_dir / FOLDER) if p.exists()]
+    if earlier and not force:
+        raise UserInputError(
+            f"{out_dir} already holds an earlier comparison ({', '.join(earlier)}); pass --force "
+            "to replace it, or --out-dir NEW_FOLDER to keep it"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         out_dir=out_dir,
         out_dir_key="--out-dir" if args.out_dir else "paths.out_dir",
     )
+    refuse_earlier_comparison(
+        out_dir, args.force
+    )  # after the release-record refusal, which --force never lifts
     exports = None
     if not onnx:
         from pillsnap.models.export import export_models

@@ -209,5 +209,7 @@ def test_a_required_configuration_that_did_not_run_fails(release, tmp_path):
         written
     )
     # the budget is real: rounds stop when it is spent, and the record says so
-    assert len(written["round_orders"]["classification@1"]) < 5000 and written["budget"]["truncated"]
+    assert (
+        len(written["round_orders"]["classification@1"]) < 5000 and written["budget"]["truncated"]
+    )
     assert any("rounds fit the budget" in n for n in written["budget"]["notes"])

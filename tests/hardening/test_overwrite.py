@@ -146,6 +146,17 @@ def test_compare_out_dir_refuses_release_records(released, capsys, where, why):
     assert verify_release(released["out"] / "r1").ok
 
 
+def test_compare_never_replaces_an_earlier_comparison_without_force(released, tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "equivalence").mkdir(parents=True)
+    (out / "export_report.json").write_text('{"earlier": true}')
+    before = tree(out)
+    rc = cli_main(["compare", "--config", str(released["config"]), "--out-dir", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "earlier comparison" in err and "--force" in err and str(out) in err, err
+    assert tree(out) == before
+
+
 @pytest.mark.slow
 def test_compare_of_a_releases_onnx_never_writes_into_the_release(
     tmp_path_factory, tmp_path, capsys
