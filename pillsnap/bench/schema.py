@@ -260,30 +260,8 @@ def write_record(path: str | Path, data: dict[str, Any]) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pillsnap.bench --write-schema | --check-schema | FILE...``"""
-    import argparse
-    import sys
+    from pillsnap.report.schema import schema_main
 
-    parser = argparse.ArgumentParser(prog="python -m pillsnap.bench", description=main.__doc__)
-    parser.add_argument(
-        "--write-schema", action="store_true", help=f"regenerate {SCHEMA_PATH.name}"
+    return schema_main(
+        argv, "pillsnap.bench", SCHEMA_PATH, schema_text, validate_record, RECORD_NAME
     )
-    parser.add_argument("--check-schema", action="store_true", help="exit 1 if it is stale")
-    parser.add_argument("records", nargs="*", type=Path, help="benchmark.json files to validate")
-    args = parser.parse_args(argv)
-    status = 0
-    if args.write_schema:
-        from pillsnap.fileio import atomic_write_bytes
-
-        atomic_write_bytes(SCHEMA_PATH, schema_text().encode())
-        print(f"wrote {SCHEMA_PATH}")
-    if args.check_schema and (not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != schema_text()):
-        print(
-            f"{SCHEMA_PATH} is stale: run `python -m pillsnap.bench --write-schema`",
-            file=sys.stderr,
-        )
-        status = 1
-    for path in args.records:
-        problems = validate_record(json.loads(path.read_text()))
-        print(f"{path}: " + ("valid" if not problems else "INVALID\n  " + "\n  ".join(problems)))
-        status = status or int(bool(problems))
-    return status

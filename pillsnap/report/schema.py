@@ -384,33 +384,45 @@ def write_report(path: str | Path, report: dict[str, Any] | ExportReport) -> Pat
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pillsnap.report --write-schema | --check-schema | FILE...`` (validate reports)."""
+    return schema_main(
+        argv, "pillsnap.report", SCHEMA_PATH, schema_text, validate_report, "export_report.json"
+    )
+
+
+def schema_main(
+    argv: list[str] | None,
+    module: str,
+    schema_path: Path,
+    text: Any,
+    validate: Any,
+    record_name: str,
+) -> int:
+    """The ``--write-schema | --check-schema | FILE...`` command of a record's schema module."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pillsnap.report", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=f"write or check {schema_path.name}; validate {record_name} files",
+    )
     parser.add_argument(
-        "--write-schema", action="store_true", help=f"regenerate {SCHEMA_PATH.name}"
+        "--write-schema", action="store_true", help=f"regenerate {schema_path.name}"
     )
     parser.add_argument(
         "--check-schema", action="store_true", help="exit 1 if the committed schema is stale"
     )
-    parser.add_argument(
-        "reports", nargs="*", type=Path, help="export_report.json files to validate"
-    )
+    parser.add_argument("records", nargs="*", type=Path, help=f"{record_name} files to validate")
     args = parser.parse_args(argv)
     status = 0
     if args.write_schema:
         from pillsnap.fileio import atomic_write_bytes
 
-        atomic_write_bytes(SCHEMA_PATH, schema_text().encode())
-        print(f"wrote {SCHEMA_PATH}")
-    if args.check_schema and (not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != schema_text()):
-        print(
-            f"{SCHEMA_PATH} is stale: run `python -m pillsnap.report --write-schema`",
-            file=sys.stderr,
-        )
+        atomic_write_bytes(schema_path, text().encode())
+        print(f"wrote {schema_path}")
+    if args.check_schema and (not schema_path.exists() or schema_path.read_text() != text()):
+        print(f"{schema_path} is stale: run `python -m {module} --write-schema`", file=sys.stderr)
         status = 1
-    for path in args.reports:
-        problems = validate_report(json.loads(path.read_text()))
+    for path in args.records:
+        problems = validate(json.loads(path.read_text()))
         print(f"{path}: " + ("valid" if not problems else "INVALID\n  " + "\n  ".join(problems)))
         status = status or int(bool(problems))
     return status

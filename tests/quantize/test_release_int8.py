@@ -13,6 +13,7 @@ import textwrap
 import nbformat
 import pytest
 import yaml
+from _hardening import PARAMS  # the stage notebooks' parameters cell
 from _report_example import example_report
 from _tiny import python3_notebook
 
@@ -20,14 +21,6 @@ from pillsnap.config import load_config
 from pillsnap.release.diff import diff_releases
 from pillsnap.release.manifest import read_manifest, verify_release
 from pillsnap.release.run import run_release
-
-PARAMS = """config_path: str = ""  # config YAML
-exp_dir: str = ""  # experiment folder
-out_dir: str = ""  # release folder to write into
-opset: int = 0  # ONNX opset
-compare_mode: str = ""  # smoke | coverage | full
-version_tag: str = ""  # release tag
-overrides: list = []  # config overrides"""
 
 STAGE = """
 import hashlib, json

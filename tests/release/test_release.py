@@ -20,6 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from _hardening import PARAMS  # the stage notebooks' parameters cell
 from _tiny import SMALL_COMPARE_ARGS, TINY, python3_notebook, tiny_release_inputs
 
 from pillsnap.config import load_config
@@ -32,13 +33,6 @@ from pillsnap.release.run import run_release
 from pillsnap.report.record import read_records
 
 REPO = Path(__file__).resolve().parents[2]
-PARAMS = """config_path: str = ""  # config YAML
-exp_dir: str = ""  # experiment folder
-out_dir: str = ""  # release folder to write into
-opset: int = 0  # ONNX opset
-compare_mode: str = ""  # smoke | coverage | full
-version_tag: str = ""  # release tag
-overrides: list = []  # config overrides"""
 
 WRITE_OUTPUTS = """
 import hashlib
