@@ -107,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     files = expand_inputs(args.inputs)
     if args.quantize:
-        from pillsnap.quantize.infer import int8_models
+        from pillsnap.quantize.infer import check_engine, int8_models
 
+        check_engine(args.engine)
         if args.model:  # the float32 models and --out pass before any of them is quantized
             preflight_infer(argparse.Namespace(**{**vars(args), "engine": "onnx"}), cfg, files)
         args.model, warnings = int8_models(cfg, args.task, list(args.model), args.engine)

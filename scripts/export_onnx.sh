@@ -34,7 +34,10 @@ fi
 status=0
 "$PYTHON" -m pillsnap.cli release --config "$CONFIG" --opset "$OPSET" "$@" || status=$?
 if [[ "$status" -ne 0 ]]; then
+  if [[ "$status" -eq 2 ]]; then  # bad input, found by the preflight before any work
+    echo "[ERROR] the preflight refused the release (exit 2); nothing was written. Fix the config ($CONFIG) or the files named above." >&2
+    exit 2
+  fi
   echo "[ERROR] release failed (exit $status); see the messages above" >&2
-  [[ "$status" -eq 2 ]] && exit 2  # bad input: nothing was written
   exit 1
 fi

@@ -154,3 +154,19 @@ COMPARE_KEYS_E3 = (
     "deltas",
     "notes",
 )
+
+
+def divergence_section(first: int | None) -> dict:
+    """A detection divergence section whose first divergent layer is ``first`` (None: none)."""
+    from collections import Counter
+
+    from pillsnap.equivalence.divergence import Divergence
+    from pillsnap.equivalence.layers import LayerDiff, LayerTable
+
+    errors = [1e-7, 2e-7, 0.3, 0.4] if first is not None else [1e-7, 2e-7, 3e-7, 1e-7]
+    rows = [
+        LayerDiff(i, f"t{i}", f"/m{i}/Conv", "Conv", (1, 4), e, 10.0, e, f"m{i}", before, upstream)
+        for i, e in enumerate(errors)
+        for before, upstream in [(errors[i - 1], (f"t{i - 1}",)) if i else (0.0, ())]
+    ]
+    return Divergence("detection", 1e-3, LayerTable(rows, Counter()), samples=2).to_section()

@@ -20,13 +20,13 @@ from pillsnap.bench import stats
 from pillsnap.bench.accuracy import ReplayRunner, measure_accuracy
 from pillsnap.bench.catalogue import CATALOGUE, TORCH_REFERENCE
 from pillsnap.bench.engines import BuildPlan, cuda_sync, make_runner
-from pillsnap.bench.timing import MIN_ROUNDS_FOR_INTERVAL, run_rounds
+from pillsnap.engines.timing import MIN_ROUNDS_FOR_INTERVAL, run_rounds
 
 if TYPE_CHECKING:
     from pillsnap.bench.inputs import Inputs
     from pillsnap.bench.run import Slot
-    from pillsnap.bench.timing import Deadline
     from pillsnap.config import Config
+    from pillsnap.engines.timing import Deadline
 
 log = logging.getLogger(__name__)
 PILLS_PER_PHOTO_GUESS = 3

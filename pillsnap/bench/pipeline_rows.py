@@ -14,13 +14,13 @@ import numpy as np
 
 from pillsnap.bench.phases import PHASES, timed_predict
 from pillsnap.bench.stats import interval
-from pillsnap.bench.timing import cov, run_rounds
+from pillsnap.engines.timing import cov, run_rounds
 
 if TYPE_CHECKING:
     from pillsnap.bench.inputs import Inputs
     from pillsnap.bench.run import Slot
-    from pillsnap.bench.timing import Deadline
     from pillsnap.config import Config
+    from pillsnap.engines.timing import Deadline
 
 log = logging.getLogger(__name__)
 

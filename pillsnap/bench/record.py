@@ -19,8 +19,8 @@ from pillsnap.bench.schema import RECORD_NAME, write_record
 if TYPE_CHECKING:
     from pillsnap.bench.artifacts import ReleaseModels
     from pillsnap.bench.run import Slot
-    from pillsnap.bench.timing import Deadline
     from pillsnap.config import Config
+    from pillsnap.engines.timing import Deadline
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "export_report.json"

@@ -34,7 +34,7 @@ from pillsnap.bench.measure import check_accuracy, timed_rounds
 from pillsnap.bench.memory import PeakMemory
 from pillsnap.bench.pipeline_rows import pipeline_rows
 from pillsnap.bench.record import assemble_record, write_outputs
-from pillsnap.bench.timing import Deadline, warm_up
+from pillsnap.engines.timing import Deadline, warm_up
 from pillsnap.exceptions import PillsnapError
 
 if TYPE_CHECKING:
@@ -225,8 +225,9 @@ def build_slot(
         with PeakMemory(b.memory_interval_ms / 1e3, gpu=conf.device == "cuda") as mem:
             slot.runner, session_s, first_s = _start(cfg, plan, first, sync)
             calls, seconds = 0, 0.0
-            stop_at = time.perf_counter() + warmup_cap_s
+            share = warmup_cap_s / len(b.batch_sizes)  # each batch size its own share of the cap
             for batch in b.batch_sizes:
+                stop_at = time.perf_counter() + share
                 x = inputs.batches[task][batch]
                 w = warm_up(
                     lambda x=x: _call(slot.runner, x, sync),

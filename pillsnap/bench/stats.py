@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pillsnap.bench.catalogue import CATALOGUE
-from pillsnap.bench.timing import Rounds, bootstrap_median, cov
+from pillsnap.engines.timing import Rounds, bootstrap_median, cov
 
 if TYPE_CHECKING:
     from pillsnap.config.bench import BenchmarkConfig

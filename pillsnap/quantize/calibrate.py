@@ -107,11 +107,12 @@ def calibration_set(cfg: Config, task: str) -> CalibrationSet:
         sample_count=q.calibration_count, detection_sample_count=q.calibration_count, seed=q.seed
     )
     sample = sample_dataset(index, draw, task, "smoke")
-    reserved: frozenset[Path] = frozenset()
+    # Whatever the split, an image calibration saw never reaches the gate: a data.yaml whose
+    # train and val share files must not let the gate grade INT8 on its own calibration.
+    reserved = frozenset(it.path for it in sample.items)
     if fallback:
-        reserved = frozenset(p for v in index.groups.values() for p in v)
+        reserved |= frozenset(p for v in index.groups.values() for p in v)
     elif split == "val":
-        reserved = frozenset(it.path for it in sample.items)
         notes.append(
             "calibrated on val images (quantize.calibration_split=val); the gate leaves them out"
         )

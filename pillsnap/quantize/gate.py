@@ -14,7 +14,6 @@ of the per-round ratios: a loaded or drifting machine slows both alike.
 from __future__ import annotations
 
 import logging
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -128,49 +127,57 @@ def evaluate(
 def speedup(
     cfg: Config, task: str, float_path: Path, int8_path: Path, batch: np.ndarray
 ) -> dict[str, Any]:
-    """INT8 vs float32 ORT CPU speed on ``batch``: median of per-round time ratios."""
+    """INT8 vs float32 ORT CPU speed on ``batch``: median of per-round time ratios, 95 % interval.
+
+    Timed by the one timing loop (``engines/timing.py``): both models warmed up, then
+    ``quantize.speed_rounds`` rounds in a seeded order, ``ITERATIONS_PER_ROUND`` calls each.
+    """
     from pillsnap.config import apply_overrides
     from pillsnap.engines.runners import create_runner
+    from pillsnap.engines.timing import bootstrap_median, run_rounds, warm_up
 
     # The speed that matters is the CPU's: the INT8 kernels are CPU kernels.
     rcfg = apply_overrides(cfg, {"runtime.tensorrt_first": False})
-    rounds = cfg.quantize.speed_rounds
+    q = cfg.quantize
     with (
         create_runner("onnx", task, rcfg, float_path) as fp32,  # type: ignore[arg-type]
         create_runner("onnx", task, rcfg, int8_path) as int8,  # type: ignore[arg-type]
     ):
-        for runner in (fp32, int8):
-            runner.infer(batch)  # warm-up: allocations, kernel selection
-        times: dict[str, list[float]] = {"fp32": [], "int8": []}
-        for r in range(rounds):
-            order = (
-                (("fp32", fp32), ("int8", int8)) if r % 2 == 0 else (("int8", int8), ("fp32", fp32))
-            )
-            for name, runner in order:
-                per = []
-                for _ in range(ITERATIONS_PER_ROUND):
-                    runner.infer(batch)
-                    per.append(runner.last_inference_time or 0.0)
-                times[name].append(statistics.median(per))
+        calls = {"fp32": lambda: fp32.infer(batch), "int8": lambda: int8.infer(batch)}
+        for call in calls.values():  # allocations, kernel selection
+            warm_up(call, calls=2, seconds=0.0, stop_at=float("inf"))
+        rounds = run_rounds(
+            calls,
+            rounds=q.speed_rounds,
+            min_calls=ITERATIONS_PER_ROUND,
+            min_seconds=0.0,
+            seed=q.seed,
+            key=f"int8-speed:{task}",
+            budget_s=float("inf"),
+        )
         providers = fp32.describe()["providers"]
-    ratios = [f / max(i, 1e-9) for f, i in zip(times["fp32"], times["int8"])]
+    fp32_ns, int8_ns = rounds.round_medians_ns("fp32"), rounds.round_medians_ns("int8")
+    ratios = fp32_ns / np.maximum(int8_ns, 1.0)
+    median, low, high = bootstrap_median(ratios, seed=q.seed)
     result = {
-        "speedup": round(statistics.median(ratios), 3),
-        "ratios": [round(v, 3) for v in ratios],
-        "fp32_ms": round(statistics.median(times["fp32"]) * 1e3, 2),
-        "int8_ms": round(statistics.median(times["int8"]) * 1e3, 2),
+        "speedup": round(float(median), 3),
+        "interval": None if low is None else [round(low, 3), round(high, 3)],
+        "ratios": [round(float(v), 3) for v in ratios],
+        "fp32_ms": round(float(np.median(fp32_ns)) / 1e6, 2),
+        "int8_ms": round(float(np.median(int8_ns)) / 1e6, 2),
         "batch": int(batch.shape[0]),
-        "rounds": rounds,
+        "rounds": len(ratios),
         "providers": providers,
         "threads": cfg.runtime.intra_op_threads or "auto",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     log.info(
-        "%s INT8 speed: %.2fx float32 (batch %d, median of %d interleaved rounds)",
+        "%s INT8 speed: %.2fx float32 (batch %d, median of %d interleaved rounds, 95%% [%s])",
         task,
         result["speedup"],
         result["batch"],
-        rounds,
+        len(ratios),
+        result["interval"],
     )
     return result
 

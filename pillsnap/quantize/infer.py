@@ -37,11 +37,7 @@ def int8_models(
     from pillsnap.models.common import read_onnx_metadata
     from pillsnap.quantize.metadata import cpu_class_warning
 
-    if engine == "tensorrt":
-        raise UserInputError(
-            "--quantize int8 runs the INT8 QDQ models on ONNX Runtime's CPU kernels, where they "
-            "were gated; use --engine onnx (TensorRT builds its own INT8 engines)"
-        )
+    check_engine(engine)
     tasks = ["detection", "classification"] if task == "pipeline" else [TASK_OF[task]]
     if models and any(m.suffix == ".pt" for m in models):
         raise UserInputError("--quantize int8 needs ONNX models (or none: the latest release's)")
@@ -58,6 +54,15 @@ def int8_models(
         if warning:
             warnings.append(warning)
     return out, warnings
+
+
+def check_engine(engine: str) -> None:
+    """INT8 QDQ models run where they were gated: ONNX Runtime's CPU kernels."""
+    if engine == "tensorrt":
+        raise UserInputError(
+            "--quantize int8 runs the INT8 QDQ models on ONNX Runtime's CPU kernels, where they "
+            "were gated; use --engine onnx (TensorRT builds its own INT8 engines)"
+        )
 
 
 def _latest_release(cfg: Config, tasks: list[str]) -> list[Path]:
@@ -78,7 +83,7 @@ def resolve(cfg: Config, task: str, path: Path) -> Path:
     from pillsnap.config import require_path
     from pillsnap.equivalence.int8 import INT8_SUFFIX, is_int8
     from pillsnap.fileio import sha256_file
-    from pillsnap.models.common import META_INT8_SOURCE_SHA256, read_onnx_metadata
+    from pillsnap.models.common import read_onnx_metadata
 
     path = require_path(path, "--model", f"the {task} model")
     if path.suffix != ".onnx":
@@ -90,10 +95,26 @@ def resolve(cfg: Config, task: str, path: Path) -> Path:
         return sibling  # shipped and gated by that release
     source_sha = sha256_file(path)
     cache = cache_path(cfg, path, source_sha)
-    if cache.is_file() and read_onnx_metadata(cache).get(META_INT8_SOURCE_SHA256) == source_sha:
+    if cache.is_file() and _cache_fits(cfg, read_onnx_metadata(cache), source_sha):
         log.info("using the cached INT8 model %s", cache)
         return cache
     return quantize_file(cfg, task, path, cache)
+
+
+def _cache_fits(cfg: Config, metadata: dict[str, str], source_sha: str) -> bool:
+    """Made from this very float file, with the recipe configured now, on this CPU's class."""
+    import json
+
+    from pillsnap.models.common import META_INT8_RECIPE, META_INT8_SOURCE_SHA256
+    from pillsnap.quantize.recipes import applied, cpu_record
+
+    try:
+        recipe = json.loads(metadata.get(META_INT8_RECIPE, "null"))
+    except json.JSONDecodeError:
+        return False
+    return metadata.get(META_INT8_SOURCE_SHA256) == source_sha and recipe == applied(
+        cfg.quantize.recipes[0], cpu_record()
+    )
 
 
 def cache_path(cfg: Config, path: Path, source_sha: str) -> Path:

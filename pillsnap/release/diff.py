@@ -25,6 +25,11 @@ _SKIP_REPORT_KEYS = ("_at_utc", "sha256", "timing", "git_sha", "elapsed", "bench
 _MAX_VALUE_CHARS = 60
 
 
+NOT_COMPARABLE = "not comparable"
+"""Speed verdict prefix when the two benchmarks ran on another CPU or thread count."""
+MACHINE_KEYS = ("cpu", "threads", "int8_class")
+
+
 @dataclass(frozen=True)
 class DiffRow:
     section: str
@@ -37,7 +42,9 @@ class DiffRow:
     @property
     def changed(self) -> bool:
         if self.verdict is not None:
-            return self.verdict not in ("same", "no interval")
+            return self.verdict not in ("same", "no interval") and not self.verdict.startswith(
+                NOT_COMPARABLE
+            )
         return self.a != self.b
 
 
@@ -202,14 +209,22 @@ def speed_rows(ra: dict[str, Any], rb: dict[str, Any]) -> list[DiffRow]:
             found[f"pipeline.{name}"] = (iv, "ms/photo")
         return found
 
+    ba, bb = ra.get("benchmark") or {}, rb.get("benchmark") or {}
+    out = [
+        DiffRow("speed", f"benchmark.{k}", ba.get(k), bb.get(k))
+        for k in (*MACHINE_KEYS, "failed")
+        if ba or bb
+    ]
+    # figures from another CPU or thread count say nothing about the release: never "slower"
+    other_machine = bool(ba and bb) and any(ba.get(k) != bb.get(k) for k in MACHINE_KEYS)
     left, right = figures(ra), figures(rb)
-    out = []
     for key in sorted(set(left) | set(right), key=_natural):
         (ia, unit), ib = left.get(key, (None, "")), right.get(key, (None, ""))[0]
         unit = unit or right[key][1]
-        out.append(
-            DiffRow("speed", key, _interval(ia, unit), _interval(ib, unit), speed_verdict(ia, ib))
-        )
+        verdict = speed_verdict(ia, ib)
+        if other_machine and ia is not None and ib is not None:
+            verdict = f"{NOT_COMPARABLE}: other machine ({verdict})"
+        out.append(DiffRow("speed", key, _interval(ia, unit), _interval(ib, unit), verdict))
     return out
 
 

@@ -9,6 +9,7 @@ with no failed comparison, INT8 files only where ``quantization.json`` shipped t
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,19 @@ def int8_files(folder: Path, tag: str) -> dict[str, Path]:
     return {t: p for t in TASKS if (p := folder / model_file_name(t, tag, int8=True)).is_file()}
 
 
-def check_release_outputs(folder: Path, tag: str) -> str | None:
+STAGE_RECORDS = {"quantization": "quantization.json", "benchmark": "benchmark.json"}
+"""The record each of these stages writes: a release that ran the stage must hold it."""
+
+
+def check_release_outputs(folder: Path, tag: str, stages: Sequence[str] = ()) -> str | None:
     """Why the folder is not a complete, passing release (None when it is)."""
+    unwritten = [
+        f"{STAGE_RECORDS[s]} (stage {s!r})"
+        for s in stages
+        if s in STAGE_RECORDS and not (folder / STAGE_RECORDS[s]).is_file()
+    ]
+    if unwritten:
+        return f"the stages passed but did not write {', '.join(unwritten)} into {folder}"
     missing = [
         model_file_name(t, tag) for t in TASKS if not (folder / model_file_name(t, tag)).is_file()
     ]
@@ -140,6 +152,8 @@ def check_benchmark_record(folder: Path) -> str | None:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         return f"{BENCHMARK_NAME} is not readable JSON: {exc}"
+    if isinstance(data, dict) and data.get("failed"):
+        return f"{BENCHMARK_NAME} records a failed benchmark: {data.get('failure_reason')}"
     validator = jsonschema.Draft202012Validator(json.loads(BENCHMARK_SCHEMA.read_text()))
     problems = [
         f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"

@@ -134,7 +134,7 @@ def run_release(
         failure = next(
             (f"stage {r.name!r} failed: {r.error}" for r in results if not r.passed), None
         )
-        failure = failure or check_release_outputs(work, tag)
+        failure = failure or check_release_outputs(work, tag, stage_names)
         if failure is None:
             link_model_aliases(work, {t: work / model_file_name(t, tag) for t in TASKS})
             link_model_aliases(work, int8_files(work, tag), INT8_SUFFIX)

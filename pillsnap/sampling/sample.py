@@ -73,7 +73,8 @@ class DatasetIndex:
         """A copy without ``paths`` (e.g. the INT8 calibration images a gate must not see)."""
         if not paths:
             return self
-        groups = {k: [p for p in v if p not in paths] for k, v in self.groups.items()}
+        gone = {Path(p).resolve() for p in paths}  # the same file by any spelling or link
+        groups = {k: [p for p in v if p.resolve() not in gone] for k, v in self.groups.items()}
         removed = self.image_count - sum(len(v) for v in groups.values())
         notes = (
             [*self.notes, f"{removed} image(s) left out: {why}"] if removed else list(self.notes)

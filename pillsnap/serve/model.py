@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 TASKS = ("detection", "classification")
 Source = Literal["MODEL_PATH", "newest_release", "torch_fallback", "reload"]
 Step = Literal["path", "forbidden", "verify", "load", "warmup"]
-META_INT8_CPU_CLASS = "pillsnap.int8_cpu_class"
+
 WARMUP_IMAGE = Path(__file__).resolve().parent / "static" / "warmup.jpg"
 
 
@@ -236,19 +236,19 @@ def warm_up(pipeline: Pipeline, photo_path: Path | None, batch: int, version: st
 
 def int8_cpu_warnings(pipeline: Pipeline, precision: Mapping[str, str]) -> list[str]:
     """An INT8 model gated on another CPU class (VNNI vs AVX2 ...) may lose accuracy here."""
-    from pillsnap.environment import cpu_info
+    from pillsnap.models.common import META_PRECISION
+    from pillsnap.quantize.metadata import cpu_class_warning
 
-    here = cpu_info()["int8_class"]
-    out = []
     runners = {"detection": pipeline.detector, "classification": pipeline.classifier}
-    for task, prec in precision.items():
-        made_on = getattr(runners[task], "metadata", {}).get(META_INT8_CPU_CLASS)
-        if prec == "int8" and made_on and made_on != here:
-            out.append(
-                f"the INT8 {task} model was quantized and gated on a {made_on!r} CPU, this one is "
-                f"{here!r}: its accuracy here was not measured; re-run the quantization stage here"
-            )
-    return out
+    found = (
+        cpu_class_warning(
+            {**getattr(runners[task], "metadata", {}), META_PRECISION: "int8"},
+            f"the INT8 {task} model",
+        )
+        for task, prec in precision.items()
+        if prec == "int8"
+    )
+    return [w for w in found if w]
 
 
 def load_torch_fallback(

@@ -28,8 +28,8 @@ from pillsnap.bench.tables import (
     results_table,
     status_text,
 )
-from pillsnap.bench.timing import round_order
 from pillsnap.config import apply_overrides
+from pillsnap.engines.timing import round_order
 from pillsnap.report.schema import validate_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))

@@ -247,5 +247,5 @@ def test_export_script_runs_the_preflight_first(proj):
     )
     assert proc.returncode == 2, proc.stderr
     assert "cannot read checkpoint" in proc.stderr and "detection_best.pt" in proc.stderr
-    assert "preflight refused the release" in proc.stderr and "Traceback" not in proc.stderr
+    assert "the preflight refused the release" in proc.stderr and "Traceback" not in proc.stderr
     assert tree(proj["root"]) == before

@@ -67,7 +67,7 @@ def test_fallback_is_a_seeded_stratified_half_of_val_the_gate_leaves_out(demo_cf
     assert det.fallback and len({it.label for it in det.items}) >= 4  # pill-count strata
 
 
-def test_a_train_split_is_used_when_present_and_nothing_is_reserved(demo_cfg, tmp_path):
+def test_a_train_split_is_used_when_present_and_its_images_never_reach_the_gate(demo_cfg, tmp_path):
     cls_root = Path(demo_cfg.paths.classification_data)
     data = tmp_path / "classification"
     data.mkdir()
@@ -80,8 +80,14 @@ def test_a_train_split_is_used_when_present_and_nothing_is_reserved(demo_cfg, tm
         demo_cfg, {"paths.classification_data": str(data), "quantize.calibration_count": 10}
     )
     cal = calibrate.calibration_set(cfg, "classification")
-    assert not cal.fallback and cal.split == "train" and not cal.reserved
+    assert not cal.fallback and cal.split == "train" and cal.reserved == frozenset(cal.paths)
     assert all("/train/" in str(p) for p in cal.paths) and len(cal.items) == 10
+    # these train images are links to val files: the gate's val index leaves those out too
+    from pillsnap.classmap import ClassMap
+    from pillsnap.sampling.classification import index_classification
+
+    val = index_classification(data, ClassMap.load(cfg.paths.class_map_path), "val")
+    assert val.image_count - val.without(cal.reserved, "calibration").image_count == 10
     val_cfg = apply_overrides(cfg, {"quantize.calibration_split": "val"})
     cal = calibrate.calibration_set(val_cfg, "classification")
     assert cal.reserved == frozenset(cal.paths)  # val images calibrated on are left out of the gate

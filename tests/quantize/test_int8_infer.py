@@ -14,6 +14,7 @@ from pillsnap.config import apply_overrides
 from pillsnap.models.common import (
     META_INT8_CPU_CLASS,
     META_INT8_GATE,
+    META_INT8_RECIPE,
     META_PRECISION,
     read_onnx_metadata,
 )
@@ -92,3 +93,9 @@ def test_infer_quantizes_a_float_model_once_and_caches_it(demo, tmp_path, capsys
     # the float model changed: the cache no longer matches its source and is rebuilt
     float_path.write_bytes(float_path.read_bytes())  # same bytes: still valid
     assert int8_infer.resolve(apply_overrides(cfg, CHEAP), "classification", float_path) == cached
+    assert cached.stat().st_mtime_ns == stamp
+    # another configured recipe: the cache no longer fits and is quantized again
+    other = ["--set", "quantize.recipes=[minmax_pc_u8]", "--out", str(tmp_path / "c.jsonl")]
+    assert main(argv[:-2] + other) == 0
+    assert cached.stat().st_mtime_ns != stamp
+    assert json.loads(read_onnx_metadata(cached)[META_INT8_RECIPE])["per_channel"] is True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import textwrap
 
 import nbformat
@@ -27,6 +28,7 @@ import hashlib, json
 from pathlib import Path
 out = Path(out_dir)
 report = json.loads(Path(REPORT).read_text())
+report["version_tag"] = version_tag
 record = {"failed": False, "required": True, "verdict": "passed", "shipped": {}, "models": {},
           "cpu": {"int8_class": "vnni"}}
 for task in ("detection", "classification"):
@@ -47,11 +49,17 @@ Path(out, "quantization.json").write_text(json.dumps(record))
 
 
 @pytest.fixture
-def project(tmp_path):
+def project(tmp_path, tmp_path_factory):
+    """Real tiny checkpoints, class map and val data (the release's preflight loads them) and
+    fake stage notebooks that write INT8 files and quantization.json."""
+    from _tiny import TINY, tiny_release_inputs
+
+    tiny = tiny_release_inputs(tmp_path_factory)
     exp = tmp_path / "exp" / "checkpoints"
     exp.mkdir(parents=True)
     for task in ("detection", "classification"):
-        (exp / f"{task}_best.pt").write_bytes(b"not a real checkpoint")
+        (exp / f"{task}_best.pt").symlink_to(tiny / "exp" / "checkpoints" / f"{task}_best.pt")
+    shutil.copy(tiny / "exp" / "class_map.json", tmp_path / "exp" / "class_map.json")
     (tmp_path / "report.json").write_text(json.dumps(example_report()))
     nb_dir = tmp_path / "notebooks"
     nb_dir.mkdir()
@@ -65,7 +73,13 @@ def project(tmp_path):
     config.write_text(
         yaml.safe_dump(
             {
-                "paths": {"exp_dir": "exp", "out_dir": "runs"},
+                "paths": {
+                    "exp_dir": "exp",
+                    "out_dir": "runs",
+                    "detection_data": str(tiny / "data" / "detection" / "data.yaml"),
+                    "classification_data": str(tiny / "data" / "classification"),
+                },
+                **TINY,
                 "release": {"stages": ["quant"], "notebooks_dir": "notebooks"},
             }
         )

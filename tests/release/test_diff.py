@@ -16,14 +16,14 @@ def iv(median, low, high):
     return {"median": median, "low": low, "high": high}
 
 
-def summary(speed, pipeline):
+def summary(speed, pipeline, cpu="test cpu"):
     return {
         "file": "benchmark.json",
         "benchmarked_at_utc": "2025-01-01T00:00:00Z",
         "failed": False,
         "failure_reason": None,
         "threads": 2,
-        "cpu": "test cpu",
+        "cpu": cpu,
         "int8_class": "vnni",
         "ran": ["ort-cpu-fp32"],
         "unavailable": {"tensorrt-fp16": "onnxruntime-gpu not installed"},
@@ -43,10 +43,10 @@ def summary(speed, pipeline):
     }
 
 
-def release(folder, tag, speed, pipeline):
+def release(folder, tag, speed, pipeline, cpu="test cpu"):
     folder.mkdir()
     report = example_report()
-    report["benchmark"] = summary(speed, pipeline)
+    report["benchmark"] = summary(speed, pipeline, cpu)
     assert validate_report(report) == []
     (folder / "export_report.json").write_text(json.dumps(report))
     (folder / "manifest.json").write_text(json.dumps({"format": MANIFEST_FORMAT, "tag": tag}))
@@ -89,3 +89,14 @@ def test_release_diff_shows_speed_changes_with_their_intervals(tmp_path, capsys)
     assert not any(r.section == "report" and "benchmark" in r.key for r in diff_releases(a, b))
     assert release_main(["diff", str(a), str(b)]) == 0
     assert "80 ms/photo [75, 85]  faster (-20%)" in capsys.readouterr().out
+
+
+def test_speed_on_another_machine_is_not_comparable(tmp_path):
+    """Another CPU (or thread count) makes any speed difference meaningless: no false alarm."""
+    a = release(tmp_path / "a", "a", {"ort-cpu-fp32": iv(10.0, 9.0, 11.0)}, {})
+    b = release(tmp_path / "b", "b", {"ort-cpu-fp32": iv(13.0, 12.0, 14.0)}, {}, cpu="other cpu")
+    rows = {r.key: r for r in diff_releases(a, b) if r.section == "speed"}
+    assert rows["benchmark.cpu"].changed and rows["benchmark.cpu"].b == "other cpu"
+    row = rows["classification.ort-cpu-fp32.batch1"]
+    assert row.verdict == "not comparable: other machine (slower (+30%))" and not row.changed
+    assert not rows["benchmark.threads"].changed and not rows["benchmark.failed"].changed

@@ -112,6 +112,32 @@ def release(project, tag, stages=("good",), **kw):
     return run_release(cfg, version_tag=tag, stages=list(stages), command=["test"], **kw)
 
 
+@pytest.mark.parametrize(
+    "stage,record,content,why",
+    [
+        ("benchmark", None, None, "did not write benchmark.json (stage 'benchmark')"),
+        ("quantization", None, None, "did not write quantization.json (stage 'quantization')"),
+        (
+            "benchmark",
+            "benchmark.json",
+            {"failed": True, "failure_reason": "tensorrt-fp16 did not run"},
+            "benchmark.json records a failed benchmark: tensorrt-fp16 did not run",
+        ),
+    ],
+)
+def test_a_stage_whose_record_is_missing_or_failed_never_releases(
+    project, report_template, stage, record, content, why
+):
+    """A stage notebook that 'passes' without its record (or with a failed one) fails the release."""
+    body = WRITE_OUTPUTS
+    if record:
+        body += f"\nPath(out, {record!r}).write_text(json.dumps({content!r}))\n"
+    write_stage(project["nb_dir"], stage, body, REPORT_TEMPLATE=str(report_template), MSE=1e-9)
+    outcome = release(project, f"rec-{stage}{bool(record)}", stages=(stage,))
+    assert not outcome.passed and why in outcome.failure, outcome.failure
+    assert not (project["out"] / "latest").exists()
+
+
 def test_passing_release_promotes_and_links(project):
     out = project["out"]
     outcome = release(project, "t1")
@@ -426,12 +452,22 @@ def test_demo_release_end_to_end(demo_args, capsys):
         "equivalence.html",
         "benchmark.html",
         "benchmark.json",
+        "quantization.html",
+        "quantization.json",
+        "detection-e2e-good.int8.onnx",
+        "classification-e2e-good.int8.onnx",
         "config.yaml",
         "equivalence/classification_rows.csv",
     ):
         assert name in manifest["artifacts"], name
     report = json.loads((release_dir / "export_report.json").read_text())
     assert report["benchmark"]["file"] == "benchmark.json" and report["benchmark"]["speed"]
+    # both INT8 models passed their gates and the benchmark measured them
+    for task in ("detection", "classification"):
+        assert report["models"][task]["quantization"]["verdict"] == "passed", task
+    bench = json.loads((release_dir / "benchmark.json").read_text())
+    int8 = next(c for c in bench["configurations"] if c["name"] == "ort-cpu-int8")
+    assert all(run["status"] == "ran" for run in int8["models"].values()), int8
     export_records = read_records(release_dir / "export.ipynb")
     assert export_records["verdict"]["failed"] is False
     assert all(g["pass"] for g in export_records["gates"])

@@ -4,6 +4,7 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pandas as pd
+from _report_example import divergence_section
 
 from pillsnap.report import plots
 
@@ -57,29 +58,14 @@ def test_figures_render_without_images_or_boxes():
     ]  # torch: box + ground truth; onnx: ground truth
 
 
-def _divergence_section(first: int | None) -> dict:
-    from collections import Counter
-
-    from pillsnap.equivalence.divergence import Divergence
-    from pillsnap.equivalence.layers import LayerDiff, LayerTable
-
-    errors = [1e-7, 2e-7, 0.3, 0.4] if first is not None else [1e-7, 2e-7, 3e-7, 1e-7]
-    rows = [
-        LayerDiff(i, f"t{i}", f"/m{i}/Conv", "Conv", (1, 4), e, 10.0, e, f"m{i}", before, upstream)
-        for i, e in enumerate(errors)
-        for before, upstream in [(errors[i - 1], (f"t{i - 1}",)) if i else (0.0, ())]
-    ]
-    return Divergence("detection", 1e-3, LayerTable(rows, Counter()), samples=2).to_section()
-
-
 def test_layer_error_plot_marks_the_first_divergent_layer():
-    fig = plots.plot_layer_errors({"detection": _divergence_section(2)})
+    fig = plots.plot_layer_errors({"detection": divergence_section(2)})
     ax = fig.axes[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "first divergent: m2" in legend and "worst: m3" in legend and "tolerance 0.001" in legend
     assert "interior" in ax.get_title() and len(ax.lines[0].get_xdata()) == 4
     both = plots.plot_layer_errors(
-        {"detection": _divergence_section(2), "classification": _divergence_section(None)}
+        {"detection": divergence_section(2), "classification": divergence_section(None)}
     )
     assert len(both.axes) == 2
     assert "first divergent: m2" not in [

@@ -74,11 +74,11 @@ def test_release_summary_is_rounded_and_stable():
 
 
 def test_divergence_table_names_first_and_worst_layers():
-    from test_plots import _divergence_section
+    from _report_example import divergence_section
 
     report = example_report()
     assert tables.divergence_table(report).empty  # not localised: no rows
-    report["divergence"] = {"detection": _divergence_section(2)}
+    report["divergence"] = {"detection": divergence_section(2)}
     row = tables.divergence_table(report).to_dict("records")[0]
     assert (row["model"], row["pattern"], row["first_divergent"], row["worst"]) == (
         "detection",

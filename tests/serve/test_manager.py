@@ -14,6 +14,7 @@ import pytest
 from _serving import copy_release, rewrite_manifest, tamper
 
 from pillsnap.config import apply_overrides
+from pillsnap.models.common import META_INT8_CPU_CLASS
 from pillsnap.serve.manager import (
     ModelManager,
     ModelSource,
@@ -21,7 +22,7 @@ from pillsnap.serve.manager import (
     check_reload_path,
     resolve_source,
 )
-from pillsnap.serve.model import META_INT8_CPU_CLASS, ModelRejected, load_release
+from pillsnap.serve.model import ModelRejected, load_release
 from pillsnap.serve.settings import ServeSettings, allowed_roots
 
 

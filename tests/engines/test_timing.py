@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from pillsnap.bench.timing import (
+from pillsnap.engines.timing import (
     Deadline,
     bootstrap_median,
     cov,
