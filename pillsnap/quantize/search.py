@@ -168,7 +168,7 @@ class ModelQuantizer:
             "recipe": recipe.name,
             "applied": rec.applied(recipe, self.cpu),
             "passed": result.passed,
-            "fast_enough": speed["speedup"] >= self.cfg.quantize.min_speedup,
+            "fast_enough": gates.fast_enough(speed, self.cfg.quantize.min_speedup),
             "excess": round(result.excess(), 4),
             "failed_checks": short(result.failed_checks),
             "metrics": self._metrics(result),
@@ -190,7 +190,7 @@ class ModelQuantizer:
     def rank(self, recipe_name: str) -> tuple[bool, float, float]:
         """Sort key of a tried recipe: passing and fast first, then closest to passing / float32."""
         _, _, result, speed = self.candidates[recipe_name]
-        fast = speed["speedup"] >= self.cfg.quantize.min_speedup
+        fast = gates.fast_enough(speed, self.cfg.quantize.min_speedup)
         return (not (result.passed and fast), result.excess(), self._accuracy_key(result))
 
     def choose(self, recipe_name: str | None = None) -> None:
@@ -248,8 +248,11 @@ class ModelQuantizer:
             if len(self.groups_float) >= q.max_excluded:
                 self.reason = f"quantize.max_excluded={q.max_excluded} groups reverted"
                 break
-            if speed["speedup"] < q.min_speedup:
-                self.reason = f"INT8 only {speed['speedup']:.2f}x float32 (quantize.min_speedup={q.min_speedup})"
+            if not gates.fast_enough(speed, q.min_speedup):
+                self.reason = (
+                    f"INT8 only {speed['speedup']:.2f}x float32, 95 % interval "
+                    f"{speed.get('interval')} (quantize.min_speedup={q.min_speedup})"
+                )
                 break
             candidates = sensitivity.ranked(set(self.groups_float) | skip)[: s.candidates]
             if not candidates:
@@ -309,7 +312,7 @@ class ModelQuantizer:
         recipe, path, excluded, result, speed = self.current
         if self.sensitivity is None:
             self.sensitivity = self._sensitivity(path)
-        passed = result.passed and speed["speedup"] >= self.cfg.quantize.min_speedup
+        passed = result.passed and gates.fast_enough(speed, self.cfg.quantize.min_speedup)
         reason = None
         if not passed:
             reason = self._failure(
@@ -376,7 +379,10 @@ class ModelQuantizer:
         if groups:
             parts.append(f"with {len(groups)} group(s) float ({', '.join(groups)})")
         parts.append(f"gate {result.summary()}")
-        parts.append(f"speed {speed['speedup']:.2f}x float32 (min_speedup {q.min_speedup})")
+        parts.append(
+            f"speed {speed['speedup']:.2f}x float32, 95 % interval {speed.get('interval')} "
+            f"(min_speedup {q.min_speedup})"
+        )
         if sensitivity is not None and not result.passed:
             nxt = sensitivity.ranked(set(groups))[:3]
             if nxt:

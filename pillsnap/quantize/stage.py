@@ -209,9 +209,11 @@ class _Run:
         return {t: q.current[1] for t, q in self.quantizers.items()}
 
     def fast(self, name: str) -> bool:
+        from pillsnap.quantize.gate import fast_enough
+
         q = self.cfg.quantize
         return all(
-            qz.candidates[name][3]["speedup"] >= q.min_speedup for qz in self.quantizers.values()
+            fast_enough(qz.candidates[name][3], q.min_speedup) for qz in self.quantizers.values()
         )
 
     def search(self) -> GateResult | None:

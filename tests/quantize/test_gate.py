@@ -142,3 +142,13 @@ def test_planted_int8_weight_fault_fails_compare_precision_int8(
         ]
     )
     assert rc == 0, capsys.readouterr().err
+
+
+def test_speed_fails_only_when_the_whole_interval_is_short():
+    from pillsnap.quantize.gate import fast_enough
+
+    assert fast_enough({"speedup": 1.3, "interval": [1.2, 1.4]}, 1.2)
+    # a loaded round pulled the median under: the interval still reaches the aim
+    assert fast_enough({"speedup": 1.13, "interval": [1.05, 1.35]}, 1.2)
+    assert not fast_enough({"speedup": 1.1, "interval": [1.0, 1.15]}, 1.2)
+    assert not fast_enough({"speedup": 1.1, "interval": None}, 1.2)  # too few rounds: the median
