@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 RECORD_NAME = "benchmark.json"
@@ -235,14 +235,9 @@ def schema_text() -> str:
 
 def validate_record(data: dict[str, Any]) -> list[str]:
     """Every schema problem of a benchmark record (``[]`` when valid)."""
-    try:
-        BenchmarkRecord.model_validate(data)
-    except ValidationError as exc:
-        return [
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
-        ]
-    return []
+    from pillsnap.report.schema import validation_problems
+
+    return validation_problems(BenchmarkRecord, data)
 
 
 def write_record(path: str | Path, data: dict[str, Any]) -> Path:

@@ -349,8 +349,13 @@ def schema_text() -> str:
 
 def validate_report(data: dict[str, Any]) -> list[str]:
     """Every schema problem of a report (``[]`` when valid), as ``location: message``."""
+    return validation_problems(ExportReport, data)
+
+
+def validation_problems(model: type[BaseModel], data: dict[str, Any]) -> list[str]:
+    """Every problem ``model`` finds in ``data`` (``[]`` when valid), as ``location: message``."""
     try:
-        ExportReport.model_validate(data)
+        model.model_validate(data)
     except ValidationError as exc:
         return [
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
