@@ -438,6 +438,7 @@ def test_demo_release_end_to_end(demo_args, capsys):
     out = root / "runs"
     # the demo's benchmark stage with a smaller budget (its own tests are in tests/bench/)
     quick = ["--set", "benchmark.max_seconds=20", "--set", "benchmark.accuracy_images=32"]
+    quick += ["--set", "quantize.speed_rounds=3"]  # the INT8 speed itself is measured by make demo
     assert release_main([*args, *quick, "--tag", "e2e-good"]) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert f"[OK] Exported: {out}/e2e-good/detection-e2e-good.onnx" in printed
