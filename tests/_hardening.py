@@ -15,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import yaml
-from _tiny import TINY, python3_notebook, tiny_release_inputs
+from _tiny import TINY, python3_notebook, tiny_project_config, tiny_release_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "examples" / "synthetic"
@@ -110,29 +109,15 @@ def project(root: Path, factory: Any, **config: Any) -> dict[str, Path]:
     """
     from _report_example import example_report
 
-    tiny = tiny_release_inputs(factory)
-    exp = root / "exp"
-    (exp / "checkpoints").mkdir(parents=True)
-    for task in ("detection", "classification"):
-        name = f"{task}_best.pt"
-        (exp / "checkpoints" / name).symlink_to(tiny / "exp" / "checkpoints" / name)
-    shutil.copy(tiny / "exp" / "class_map.json", exp / "class_map.json")
+    raw: dict[str, Any] = tiny_project_config(factory, root)
+    tiny, exp = tiny_release_inputs(factory), root / "exp"
     nb_dir = root / "notebooks"
     nb_dir.mkdir()
     template = root / "report_template.json"
     template.write_text(json.dumps(example_report()))
     body = textwrap.dedent(FAKE_STAGE).replace("REPORT", repr(str(template)))
     nbformat.write(python3_notebook(body, parameters=PARAMS), nb_dir / "good.ipynb")
-    raw: dict[str, Any] = {
-        "paths": {
-            "exp_dir": "exp",
-            "out_dir": "runs",
-            "detection_data": str(tiny / "data" / "detection" / "data.yaml"),
-            "classification_data": str(tiny / "data" / "classification"),
-        },
-        **{k: dict(v) for k, v in TINY.items()},
-        "release": {"stages": ["good"], "notebooks_dir": "notebooks"},
-    }
+    raw["release"] = {"stages": ["good"], "notebooks_dir": "notebooks"}
     for section, values in config.items():
         raw.setdefault(section, {}).update(values)
     (root / "config.yaml").write_text(yaml.safe_dump(raw))

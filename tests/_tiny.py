@@ -170,3 +170,26 @@ def tiny_release_inputs(factory) -> Path:
         write_tiny_data(root / "data", ClassMap.load(root / "exp" / "class_map.json"))
         _TINY_CACHE["root"] = root
     return _TINY_CACHE["root"]
+
+
+def tiny_project_config(factory, root: Path) -> dict:
+    """``root/exp`` linked to the session's tiny experiment (checkpoints, class map) and the
+    config sections that point at it and its val data (``paths``, the tiny model sizes)."""
+    import shutil
+
+    tiny = tiny_release_inputs(factory)
+    exp = root / "exp"
+    (exp / "checkpoints").mkdir(parents=True)
+    for task in ("detection", "classification"):
+        name = f"{task}_best.pt"
+        (exp / "checkpoints" / name).symlink_to(tiny / "exp" / "checkpoints" / name)
+    shutil.copy(tiny / "exp" / "class_map.json", exp / "class_map.json")
+    return {
+        "paths": {
+            "exp_dir": "exp",
+            "out_dir": "runs",
+            "detection_data": str(tiny / "data" / "detection" / "data.yaml"),
+            "classification_data": str(tiny / "data" / "classification"),
+        },
+        **{k: dict(v) for k, v in TINY.items()},
+    }

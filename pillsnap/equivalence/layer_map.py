@@ -247,12 +247,7 @@ def capture_torch(
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             hooks.append(m.register_forward_pre_hook(before_batchnorm(m)))
     try:
-        with torch.inference_mode():
-            param = next(model.parameters(), None)
-            x = torch.from_numpy(np.ascontiguousarray(batch))
-            if param is not None:
-                x = x.to(device=param.device, dtype=param.dtype)
-            model(x)
+        forward(model, batch)
     finally:
         for h in hooks:
             h.remove()
@@ -289,16 +284,23 @@ def output_bytes(model: torch.nn.Module, sample: np.ndarray, plan: TapPlan) -> i
     wanted = set(plan.modules.values()) - {ROOT}
     hooks = [plan_module(model, name).register_forward_hook(count) for name in wanted]
     try:
-        with torch.inference_mode():
-            param = next(model.parameters(), None)
-            x = torch.from_numpy(np.ascontiguousarray(sample))
-            if param is not None:
-                x = x.to(device=param.device, dtype=param.dtype)
-            model(x)
+        forward(model, sample)
     finally:
         for h in hooks:
             h.remove()
     return total[0]
+
+
+def forward(model: torch.nn.Module, batch: np.ndarray) -> None:
+    """One inference pass of ``batch`` on the model's device and dtype (the hooks collect)."""
+    import torch
+
+    with torch.inference_mode():
+        param = next(model.parameters(), None)
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        if param is not None:
+            x = x.to(device=param.device, dtype=param.dtype)
+        model(x)
 
 
 def plan_module(model: torch.nn.Module, name: str) -> torch.nn.Module:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import textwrap
 
 import nbformat
@@ -16,7 +15,7 @@ import pytest
 import yaml
 from _hardening import PARAMS  # the stage notebooks' parameters cell
 from _report_example import example_report
-from _tiny import python3_notebook
+from _tiny import python3_notebook, tiny_project_config
 
 from pillsnap.config import load_config
 from pillsnap.release.diff import diff_releases
@@ -52,14 +51,7 @@ Path(out, "quantization.json").write_text(json.dumps(record))
 def project(tmp_path, tmp_path_factory):
     """Real tiny checkpoints, class map and val data (the release's preflight loads them) and
     fake stage notebooks that write INT8 files and quantization.json."""
-    from _tiny import TINY, tiny_release_inputs
-
-    tiny = tiny_release_inputs(tmp_path_factory)
-    exp = tmp_path / "exp" / "checkpoints"
-    exp.mkdir(parents=True)
-    for task in ("detection", "classification"):
-        (exp / f"{task}_best.pt").symlink_to(tiny / "exp" / "checkpoints" / f"{task}_best.pt")
-    shutil.copy(tiny / "exp" / "class_map.json", tmp_path / "exp" / "class_map.json")
+    raw = tiny_project_config(tmp_path_factory, tmp_path)
     (tmp_path / "report.json").write_text(json.dumps(example_report()))
     nb_dir = tmp_path / "notebooks"
     nb_dir.mkdir()
@@ -70,20 +62,8 @@ def project(tmp_path, tmp_path_factory):
             python3_notebook(textwrap.dedent(body), parameters=PARAMS), nb_dir / f"{name}.ipynb"
         )
     config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "paths": {
-                    "exp_dir": "exp",
-                    "out_dir": "runs",
-                    "detection_data": str(tiny / "data" / "detection" / "data.yaml"),
-                    "classification_data": str(tiny / "data" / "classification"),
-                },
-                **TINY,
-                "release": {"stages": ["quant"], "notebooks_dir": "notebooks"},
-            }
-        )
-    )
+    raw["release"] = {"stages": ["quant"], "notebooks_dir": "notebooks"}
+    config.write_text(yaml.safe_dump(raw))
     return {"config": config, "out": tmp_path / "runs"}
 
 

@@ -21,7 +21,7 @@ import nbformat
 import pytest
 import yaml
 from _hardening import PARAMS  # the stage notebooks' parameters cell
-from _tiny import SMALL_COMPARE_ARGS, TINY, python3_notebook, tiny_release_inputs
+from _tiny import SMALL_COMPARE_ARGS, python3_notebook, tiny_project_config
 
 from pillsnap.config import load_config
 from pillsnap.exceptions import MissingPathError, ReleaseError, UserInputError
@@ -76,13 +76,7 @@ def report_template(tmp_path_factory) -> Path:
 def project(tmp_path, report_template, tmp_path_factory):
     """A config with real (tiny, random-weight) checkpoints and val data, so the release's
     preflight passes, an out_dir and a notebooks dir holding a passing stage."""
-    tiny = tiny_release_inputs(tmp_path_factory)
-    exp = tmp_path / "exp"
-    (exp / "checkpoints").mkdir(parents=True)
-    for task in ("detection", "classification"):
-        name = f"{task}_best.pt"
-        (exp / "checkpoints" / name).symlink_to(tiny / "exp" / "checkpoints" / name)
-    shutil.copy(tiny / "exp" / "class_map.json", exp / "class_map.json")
+    raw = tiny_project_config(tmp_path_factory, tmp_path)
     nb_dir = tmp_path / "notebooks"
     nb_dir.mkdir()
     write_stage(nb_dir, "good", WRITE_OUTPUTS, REPORT_TEMPLATE=str(report_template), MSE=1e-9)
@@ -90,20 +84,8 @@ def project(tmp_path, report_template, tmp_path_factory):
     write_stage(nb_dir, "boom", "raise RuntimeError('planted stage failure')")
     write_stage(nb_dir, "slow", "import time\ntime.sleep(60)")
     config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "paths": {
-                    "exp_dir": "exp",
-                    "out_dir": "runs",
-                    "detection_data": str(tiny / "data" / "detection" / "data.yaml"),
-                    "classification_data": str(tiny / "data" / "classification"),
-                },
-                **TINY,
-                "release": {"stages": ["good"], "notebooks_dir": "notebooks"},
-            }
-        )
-    )
+    raw["release"] = {"stages": ["good"], "notebooks_dir": "notebooks"}
+    config.write_text(yaml.safe_dump(raw))
     return {"config": config, "out": tmp_path / "runs", "nb_dir": nb_dir, "tmp": tmp_path}
 
 
